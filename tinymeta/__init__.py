@@ -1,0 +1,75 @@
+"""tinymeta: a small tape-based reverse-mode autodiff engine for NumPy arrays, and
+few-shot meta-learning (MAML, first-order MAML, Reptile, iMAML, Meta-SGD) on it."""
+
+from __future__ import annotations
+
+from . import kernels
+from .config import config
+from .kernels import backend_name, get_backend, set_backend, use_backend
+from .ops import (
+    abs,
+    add,
+    astype,
+    broadcast_to,
+    concatenate,
+    divide,
+    dot,
+    equal,
+    exp,
+    expand_dims,
+    getitem,
+    greater,
+    greater_equal,
+    isfinite,
+    less,
+    less_equal,
+    log,
+    log_softmax,
+    logsumexp,
+    matmul,
+    max,
+    maximum,
+    mean,
+    minimum,
+    multiply,
+    negative,
+    not_equal,
+    power,
+    relu,
+    reshape,
+    sigmoid,
+    sign,
+    softmax,
+    sqrt,
+    squeeze,
+    stack,
+    stop_gradient,
+    subtract,
+    sum,
+    swapaxes,
+    tanh,
+    transpose,
+    unbroadcast,
+    vdot,
+    where,
+)
+from .tape import Primitive, defvjp, defvjp_argnum, primitive
+from .tensor import Tensor
+from .transforms import (
+    grad,
+    hessian,
+    hvp,
+    jacobian,
+    jvp,
+    make_tape,
+    tensor,
+    value_and_grad,
+    vjp,
+)
+from .tree import ravel_pytree, tree_flatten, tree_leaves, tree_map, tree_unflatten
+
+__version__ = "0.1.0"
+
+__all__ = [name for name in dir() if not name.startswith("_")]
+
+kernels.get_backend()  # bind every primitive to the default backend's kernels

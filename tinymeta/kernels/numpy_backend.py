@@ -1,0 +1,137 @@
+"""The NumPy reference backend: every kernel the primitives call, in plain NumPy.
+
+Each function here is the forward of the primitive of the same name in
+:mod:`tinymeta.ops` (arguments already unwrapped to arrays, axes normalised).
+Other backends provide the same names with the same signatures and are tested
+against these.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+xp = np
+name = "numpy"
+ndarray = np.ndarray
+array_types: tuple = (np.ndarray, np.generic)
+
+
+def asarray(x, dtype=None):
+    return np.asarray(x, dtype=dtype)
+
+
+def to_numpy(x):
+    return np.asarray(x)
+
+
+def zeros(shape, dtype):
+    return np.zeros(shape, dtype)
+
+
+def ones(shape, dtype):
+    return np.ones(shape, dtype)
+
+
+# ---- elementwise -----------------------------------------------------------
+add = np.add
+subtract = np.subtract
+multiply = np.multiply
+true_divide = np.true_divide
+negative = np.negative
+power = np.power
+exp = np.exp
+log = np.log
+sqrt = np.sqrt
+tanh = np.tanh
+absolute = np.abs
+sign = np.sign
+maximum = np.maximum
+minimum = np.minimum
+where = np.where
+greater = np.greater
+greater_equal = np.greater_equal
+less = np.less
+less_equal = np.less_equal
+equal = np.equal
+not_equal = np.not_equal
+isfinite = np.isfinite
+
+
+def sigmoid(x):
+    # 1 / (1 + e^{-x}) written to stay finite for large |x|
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
+
+def relu(x):
+    return np.maximum(x, 0)
+
+
+def relu_mask(x, g):
+    """g where x > 0, else 0 (relu'(0) = 0)."""
+    return np.where(x > 0, g, 0).astype(np.result_type(g, x), copy=False)
+
+
+def maximum_share(x, y):
+    """d max(x, y)/dx: 1 where x > y, 0.5 at ties, 0 where x < y."""
+    return (x > y) + 0.5 * (x == y)
+
+
+def cast(x, dtype):
+    return x.astype(dtype)
+
+
+# ---- reductions --------------------------------------------------------------
+def sum(x, axis, keepdims):  # noqa: A001  (the primitive's own name)
+    return np.sum(x, axis=axis, keepdims=keepdims)
+
+
+def amax(x, axis, keepdims):
+    return np.max(x, axis=axis, keepdims=keepdims)
+
+
+def logsumexp(x, axis, keepdims):
+    m = np.max(x, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    s = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+    return s if keepdims else np.squeeze(s, axis=axis)
+
+
+def log_softmax(x, axis):
+    return x - logsumexp(x, (axis,), True)
+
+
+# ---- shapes --------------------------------------------------------------------
+def reshape(x, shape):
+    return np.reshape(x, shape)
+
+
+def transpose(x, axes):
+    return np.transpose(x, axes)
+
+
+def broadcast_to(x, shape):
+    return np.broadcast_to(x, shape)
+
+
+def getitem(x, index):
+    return x[index]
+
+
+def scatter_add(g, index, shape):
+    """zeros(shape) with g added at x[index]; duplicate indices accumulate."""
+    out = np.zeros(shape, dtype=g.dtype)
+    np.add.at(out, index, g)
+    return out
+
+
+def concatenate(*xs, axis):
+    return np.concatenate(xs, axis=axis)
+
+
+def stop_gradient(x):
+    return x
+
+
+# ---- linear algebra ------------------------------------------------------------
+matmul = np.matmul

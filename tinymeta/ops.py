@@ -1,0 +1,471 @@
+"""Every primitive: its forward, and right under it its VJP rule.
+
+A rule ``rule(g, ans, *args, **params)`` maps the output cotangent ``g`` to the
+cotangent of one argument. Rules are written only in tinymeta ops, never raw
+arrays, so a backward sweep run under an outer transform is itself recorded
+and higher orders hold by construction. Binary rules undo NumPy broadcasting
+visibly with :func:`unbroadcast`.
+
+Python scalars stay Python scalars (NEP 50 weak typing): ``x * 2.0`` keeps a
+float32 ``x`` float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .tape import Primitive, defvjp, defvjp_argnum
+from .tensor import Tensor
+
+# ---- helpers ------------------------------------------------------------------------
+
+
+def shape(x: Any) -> tuple:
+    """The shape of a Tensor, an array or a Python scalar (``()``)."""
+    return tuple(x.shape) if hasattr(x, "shape") else ()
+
+
+def ndim(x: Any) -> int:
+    return len(shape(x))
+
+
+def _normalize_axes(axis: Any, nd: int, op: str) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(nd))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        a = int(a)
+        if not -nd <= a < nd:
+            raise ValueError(f"{op}: axis {a} is out of range for an input of {nd} dimensions")
+        out.append(a % nd)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{op}: repeated axis in {axis!r}")
+    return tuple(sorted(out))
+
+
+def _kept_shape(in_shape: tuple, axes: tuple) -> tuple:
+    return tuple(1 if i in axes else s for i, s in enumerate(in_shape))
+
+
+def unbroadcast(g: Any, target: tuple) -> Any:
+    """Undo NumPy broadcasting: sum ``g`` down to the shape ``target`` it was broadcast from."""
+    gshape = shape(g)
+    target = tuple(target)
+    if gshape == target:
+        return g
+    lead = len(gshape) - len(target)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, s in enumerate(target) if s == 1 and gshape[lead + i] != 1
+    )
+    if axes:
+        g = _sum(g, axis=axes, keepdims=False)
+    if shape(g) != target:
+        g = _reshape(g, shape=target)
+    return g
+
+
+# =====================================================================================
+# Elementwise arithmetic
+# =====================================================================================
+
+add = Primitive("add", kernel="add")
+defvjp(add,
+       lambda g, ans, x, y: unbroadcast(g, shape(x)),
+       lambda g, ans, x, y: unbroadcast(g, shape(y)))
+
+subtract = Primitive("subtract", kernel="subtract")
+defvjp(subtract,
+       lambda g, ans, x, y: unbroadcast(g, shape(x)),
+       lambda g, ans, x, y: unbroadcast(negative(g), shape(y)))
+
+multiply = Primitive("multiply", kernel="multiply")
+defvjp(multiply,
+       lambda g, ans, x, y: unbroadcast(g * y, shape(x)),
+       lambda g, ans, x, y: unbroadcast(g * x, shape(y)))
+
+divide = Primitive("divide", kernel="true_divide")
+defvjp(divide,
+       lambda g, ans, x, y: unbroadcast(g / y, shape(x)),
+       lambda g, ans, x, y: unbroadcast(negative(g) * ans / y, shape(y)))
+
+negative = Primitive("negative", kernel="negative")
+defvjp(negative, lambda g, ans, x: negative(g))
+
+
+def _vjp_power_base(g, ans, x, y):
+    # d x^y / dx = y x^(y-1)
+    return unbroadcast(g * y * power(x, y - 1), shape(x))
+
+
+def _vjp_power_exponent(g, ans, x, y):
+    # d x^y / dy = log(x) x^y, taken as 0 where x == 0 (the limit along y > 0)
+    safe_x = where(equal(x, 0), 1.0, x)
+    return unbroadcast(g * log(safe_x) * ans, shape(y))
+
+
+power = Primitive("power", kernel="power")
+defvjp(power, _vjp_power_base, _vjp_power_exponent)
+
+
+# =====================================================================================
+# Elementwise functions
+# =====================================================================================
+
+exp = Primitive("exp", kernel="exp")
+defvjp(exp, lambda g, ans, x: g * ans)
+
+log = Primitive("log", kernel="log")
+defvjp(log, lambda g, ans, x: g / x)
+
+sqrt = Primitive("sqrt", kernel="sqrt")
+defvjp(sqrt, lambda g, ans, x: g * 0.5 / ans)
+
+tanh = Primitive("tanh", kernel="tanh")
+defvjp(tanh, lambda g, ans, x: g * (1.0 - ans * ans))
+
+sigmoid = Primitive("sigmoid", kernel="sigmoid")
+defvjp(sigmoid, lambda g, ans, x: g * ans * (1.0 - ans))
+
+relu = Primitive("relu", kernel="relu")
+defvjp(relu, lambda g, ans, x: g * greater(x, 0))  # relu'(0) = 0
+
+abs = Primitive("abs", kernel="absolute")  # noqa: A001
+defvjp(abs, lambda g, ans, x: g * sign(x))  # abs'(0) = 0
+
+_maximum_share = Primitive("maximum_share", kernel="maximum_share", differentiable=False)
+
+maximum = Primitive("maximum", kernel="maximum")
+defvjp(maximum,  # ties split 0.5 / 0.5
+       lambda g, ans, x, y: unbroadcast(g * _maximum_share(x, y), shape(x)),
+       lambda g, ans, x, y: unbroadcast(g * _maximum_share(y, x), shape(y)))
+
+minimum = Primitive("minimum", kernel="minimum")
+defvjp(minimum,
+       lambda g, ans, x, y: unbroadcast(g * _maximum_share(y, x), shape(x)),
+       lambda g, ans, x, y: unbroadcast(g * _maximum_share(x, y), shape(y)))
+
+where = Primitive("where", kernel="where")
+defvjp(where,
+       None,  # the condition is not differentiable
+       lambda g, ans, c, x, y: unbroadcast(where(c, g, 0.0), shape(x)),
+       lambda g, ans, c, x, y: unbroadcast(where(c, 0.0, g), shape(y)))
+
+_astype = Primitive("astype", kernel="cast")
+defvjp(_astype, lambda g, ans, x, dtype: _astype(g, dtype=np.dtype(x.dtype)))
+
+
+def astype(x: Any, dtype: Any) -> Any:
+    """``x`` cast to ``dtype``; the cotangent is cast back."""
+    return _astype(x, dtype=np.dtype(dtype))
+
+
+# =====================================================================================
+# Non-differentiable: comparisons, masks, stop_gradient
+# =====================================================================================
+
+greater = Primitive("greater", kernel="greater", differentiable=False)
+greater_equal = Primitive("greater_equal", kernel="greater_equal", differentiable=False)
+less = Primitive("less", kernel="less", differentiable=False)
+less_equal = Primitive("less_equal", kernel="less_equal", differentiable=False)
+equal = Primitive("equal", kernel="equal", differentiable=False)
+not_equal = Primitive("not_equal", kernel="not_equal", differentiable=False)
+sign = Primitive("sign", kernel="sign", differentiable=False)
+isfinite = Primitive("isfinite", kernel="isfinite", differentiable=False)
+
+stop_gradient = Primitive("stop_gradient", kernel="stop_gradient", differentiable=False)
+
+
+# =====================================================================================
+# Reductions
+# =====================================================================================
+
+_sum = Primitive("sum", kernel="sum")
+
+
+def _vjp_sum(g, ans, x, axis, keepdims):
+    if not keepdims:
+        g = _reshape(g, shape=_kept_shape(shape(x), axis))
+    return broadcast_to(g, shape(x))
+
+
+defvjp(_sum, _vjp_sum)
+
+
+def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
+    """Σ over ``axis`` (None: all; an int or a tuple, negative allowed)."""
+    return _sum(x, axis=_normalize_axes(axis, ndim(x), "sum"), keepdims=bool(keepdims))
+
+
+def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+    """Σ over ``axis`` divided by the number of terms."""
+    axes = _normalize_axes(axis, ndim(x), "mean")
+    n = 1
+    for a in axes:
+        n *= shape(x)[a]
+    return _sum(x, axis=axes, keepdims=bool(keepdims)) / n
+
+
+_amax = Primitive("max", kernel="amax")
+
+
+def _vjp_amax(g, ans, x, axis, keepdims):
+    # ties share the cotangent equally, as autograd and JAX do
+    kept = _kept_shape(shape(x), axis)
+    if not keepdims:
+        g = _reshape(g, shape=kept)
+        ans = _reshape(ans, shape=kept)
+    hit = equal(x, ans)
+    count = _sum(hit, axis=axis, keepdims=True)
+    return g * (hit / count)
+
+
+defvjp(_amax, _vjp_amax)
+
+
+def max(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
+    """max over ``axis``; the cotangent is split equally among tied maxima."""
+    return _amax(x, axis=_normalize_axes(axis, ndim(x), "max"), keepdims=bool(keepdims))
+
+
+_logsumexp = Primitive("logsumexp", kernel="logsumexp")
+
+
+def _vjp_logsumexp(g, ans, x, axis, keepdims):
+    if not keepdims:
+        kept = _kept_shape(shape(x), axis)
+        g = _reshape(g, shape=kept)
+        ans = _reshape(ans, shape=kept)
+    return g * exp(x - ans)
+
+
+defvjp(_logsumexp, _vjp_logsumexp)
+
+
+def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+    """log Σ exp(x) over ``axis``, computed with the maximum shifted out."""
+    return _logsumexp(x, axis=_normalize_axes(axis, ndim(x), "logsumexp"),
+                      keepdims=bool(keepdims))
+
+
+_log_softmax = Primitive("log_softmax", kernel="log_softmax")
+defvjp(_log_softmax,
+       lambda g, ans, x, axis: g - exp(ans) * _sum(g, axis=(axis,), keepdims=True))
+
+
+def log_softmax(x: Any, axis: int = -1) -> Any:
+    """x − logsumexp(x) along ``axis``."""
+    return _log_softmax(x, axis=_normalize_axes(axis, ndim(x), "log_softmax")[0])
+
+
+def softmax(x: Any, axis: int = -1) -> Any:
+    """exp(log_softmax(x))."""
+    return exp(log_softmax(x, axis))
+
+
+# =====================================================================================
+# Shapes
+# =====================================================================================
+
+_reshape = Primitive("reshape", kernel="reshape")
+defvjp(_reshape, lambda g, ans, x, shape: _reshape(g, shape=tuple(x.shape)))
+
+
+def reshape(x: Any, newshape: Any) -> Any:
+    """``x`` with a new shape of the same size (one entry may be -1)."""
+    if isinstance(newshape, (int, np.integer)):
+        newshape = (int(newshape),)
+    old = shape(x)
+    newshape = tuple(int(s) for s in newshape)
+    size = int(np.prod(old))
+    if newshape.count(-1) == 1:
+        rest = int(np.prod([s for s in newshape if s != -1]))
+        if rest == 0 or size % rest:
+            raise ValueError(f"reshape: cannot reshape an input of shape {old} into {newshape}")
+        newshape = tuple(size // rest if s == -1 else s for s in newshape)
+    if int(np.prod(newshape)) != size:
+        raise ValueError(f"reshape: cannot reshape an input of shape {old} into {newshape}")
+    if newshape == old:
+        return x
+    return _reshape(x, shape=newshape)
+
+
+_transpose = Primitive("transpose", kernel="transpose")
+defvjp(_transpose,
+       lambda g, ans, x, axes: _transpose(g, axes=tuple(int(i) for i in np.argsort(axes))))
+
+
+def transpose(x: Any, axes: Any = None) -> Any:
+    """Permute the axes (reversed when ``axes`` is None)."""
+    nd = ndim(x)
+    if axes is None:
+        axes = tuple(range(nd - 1, -1, -1))
+    axes = tuple(int(a) % nd if nd else int(a) for a in axes)
+    if sorted(axes) != list(range(nd)):
+        raise ValueError(f"transpose: axes {axes} are not a permutation of {nd} dimensions")
+    return _transpose(x, axes=axes)
+
+
+def swapaxes(x: Any, a: int, b: int) -> Any:
+    """Exchange two axes."""
+    nd = ndim(x)
+    perm = list(range(nd))
+    a, b = a % nd, b % nd
+    perm[a], perm[b] = perm[b], perm[a]
+    return _transpose(x, axes=tuple(perm))
+
+
+_broadcast_to = Primitive("broadcast_to", kernel="broadcast_to")
+defvjp(_broadcast_to, lambda g, ans, x, shape: unbroadcast(g, tuple(x.shape)))
+
+
+def broadcast_to(x: Any, newshape: Any) -> Any:
+    """``x`` broadcast to ``newshape`` (NumPy rules); the VJP sums back."""
+    newshape = tuple(int(s) for s in newshape)
+    old = shape(x)
+    if old == newshape:
+        return x
+    try:
+        np.broadcast_shapes(old, newshape)
+    except ValueError:
+        raise ValueError(f"broadcast_to: cannot broadcast shape {old} to {newshape}") from None
+    if np.broadcast_shapes(old, newshape) != newshape:
+        raise ValueError(f"broadcast_to: cannot broadcast shape {old} to {newshape}")
+    return _broadcast_to(x, shape=newshape)
+
+
+def expand_dims(x: Any, axis: int) -> Any:
+    """Insert a length-1 axis at ``axis``."""
+    s = list(shape(x))
+    nd = len(s) + 1
+    if not -nd <= axis < nd:
+        raise ValueError(f"expand_dims: axis {axis} out of range for {nd} dimensions")
+    s.insert(axis % nd, 1)
+    return _reshape(x, shape=tuple(s))
+
+
+def squeeze(x: Any, axis: Any = None) -> Any:
+    """Remove length-1 axes (all of them, or those named)."""
+    s = shape(x)
+    if axis is None:
+        axes = tuple(i for i, n in enumerate(s) if n == 1)
+    else:
+        axes = _normalize_axes(axis, len(s), "squeeze")
+        for a in axes:
+            if s[a] != 1:
+                raise ValueError(f"squeeze: axis {a} of shape {s} does not have length 1")
+    return _reshape(x, shape=tuple(n for i, n in enumerate(s) if i not in axes))
+
+
+# ---- indexing ----
+
+_getitem = Primitive("getitem", kernel="getitem")
+_scatter_add = Primitive("scatter_add", kernel="scatter_add")
+defvjp(_getitem, lambda g, ans, x, index: _scatter_add(g, index=index, shape=tuple(x.shape)))
+defvjp(_scatter_add, lambda g, ans, x, index, shape: _getitem(g, index=index))
+
+
+def _plain_index(index: Any) -> Any:
+    if isinstance(index, tuple):
+        return tuple(_plain_index(i) for i in index)
+    if type(index) is Tensor:
+        if index._trace is not None:
+            raise TypeError(
+                "getitem: an index array must not be a traced value; compute a mask and "
+                "use tm.where, or pass the indices as a plain array"
+            )
+        return index._value
+    if isinstance(index, list):
+        return np.asarray(index)
+    return index
+
+
+def getitem(x: Any, index: Any) -> Any:
+    """``x[index]``: basic slices and integer arrays; the VJP accumulates duplicate indices."""
+    return _getitem(x, index=_plain_index(index))
+
+
+# ---- joining ----
+
+_concatenate = Primitive("concatenate", kernel="concatenate")
+
+
+def _vjp_concatenate(argnum, g, ans, args, params):
+    axis = params["axis"]
+    start = 0
+    for a in args[:argnum]:
+        start += shape(a)[axis]
+    stop = start + shape(args[argnum])[axis]
+    index = (slice(None),) * axis + (slice(start, stop),)
+    return _getitem(g, index=index)
+
+
+defvjp_argnum(_concatenate, _vjp_concatenate)
+
+
+def concatenate(xs: Any, axis: int = 0) -> Any:
+    """Join arrays along an existing axis."""
+    xs = list(xs)
+    if not xs:
+        raise ValueError("concatenate: needs at least one array")
+    nd = ndim(xs[0])
+    if nd == 0:
+        raise ValueError("concatenate: zero-dimensional arrays cannot be concatenated")
+    return _concatenate(*xs, axis=_normalize_axes(axis, nd, "concatenate")[0])
+
+
+def stack(xs: Any, axis: int = 0) -> Any:
+    """Join arrays along a new axis."""
+    xs = list(xs)
+    if not xs:
+        raise ValueError("stack: needs at least one array")
+    shapes = {shape(x) for x in xs}
+    if len(shapes) != 1:
+        raise ValueError(f"stack: all inputs must have the same shape; got {sorted(shapes)}")
+    return concatenate([expand_dims(x, axis) for x in xs], axis=axis)
+
+
+# =====================================================================================
+# Linear algebra
+# =====================================================================================
+
+
+def _vjp_matmul_0(g, ans, x, y):
+    """x̄ = ḡ yᵀ (batched: swapaxes(-1, -2)), summed over broadcast batch axes."""
+    if ndim(y) == 1:
+        gx = expand_dims(g, -1) * y
+    elif ndim(x) == 1:
+        gx = squeeze(matmul(y, expand_dims(g, -1)), -1)
+    else:
+        gx = matmul(g, swapaxes(y, -1, -2))
+    return unbroadcast(gx, shape(x))
+
+
+def _vjp_matmul_1(g, ans, x, y):
+    """ȳ = xᵀ ḡ (batched: swapaxes(-1, -2)), summed over broadcast batch axes."""
+    if ndim(x) == 1 and ndim(y) == 1:
+        gy = g * x
+    elif ndim(x) == 1:
+        gy = expand_dims(x, -1) * expand_dims(g, -2)
+    elif ndim(y) == 1:
+        gy = squeeze(matmul(swapaxes(x, -1, -2), expand_dims(g, -1)), -1)
+    else:
+        gy = matmul(swapaxes(x, -1, -2), g)
+    return unbroadcast(gy, shape(y))
+
+
+matmul = Primitive("matmul", kernel="matmul")
+defvjp(matmul, _vjp_matmul_0, _vjp_matmul_1)
+
+
+def dot(x: Any, y: Any) -> Any:
+    """Σ x·y over all entries (the inner product of two same-shaped arrays)."""
+    if shape(x) != shape(y):
+        raise ValueError(f"vdot: shapes differ: {shape(x)} and {shape(y)}")
+    return sum(x * y)
+
+
+vdot = dot
+

@@ -1,0 +1,319 @@
+"""The tape: primitives, trace levels and the reverse sweep.
+
+A *primitive* is an array function with a VJP rule per argument. Calling one
+(``bind``) looks at its arguments: plain arrays go straight to the backend
+kernel; Tensors are handed to the innermost *trace* among them.
+
+Two kinds of trace record primitive calls:
+
+- ``GradTrace`` (one per ``grad`` / ``vjp``): a Wengert list of nodes
+  ``(primitive, input values, parent ids, params, output value)``. Its values
+  live one level down, so that a ``grad`` inside a ``grad`` records its own
+  forward and backward sweeps on the outer tape: gradients of gradients to
+  any order, with perturbations of different levels kept apart.
+- ``CaptureTrace`` (``make_tape``): the flat program of every primitive call,
+  forward and backward, that ``make_tape`` prints and that can be replayed.
+
+Traces are numbered by a global counter; a trace created later is an inner
+one. A tape lives as long as the Tensors that point to it: once ``grad``
+returns, nothing refers to it and its memory goes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from . import kernels
+from .config import config
+
+_levels = itertools.count(1)
+
+
+class _Phase:
+    """Which sweep is running: "forward" or "backward" (shown by ``make_tape``)."""
+
+    name = "forward"
+
+
+phase = _Phase()
+
+
+class Primitive:
+    """An array function the tape records, with one VJP rule per argument.
+
+    ``impl`` runs on backend arrays. Built-in primitives take it from the active
+    backend by ``kernel`` name; user-defined ones (:func:`primitive`) bring it.
+    """
+
+    __slots__ = ("name", "impl", "kernel", "vjps", "vjp_argnum", "differentiable")
+
+    def __init__(self, name: str, impl: Callable | None = None, kernel: str | None = None,
+                 differentiable: bool = True) -> None:
+        self.name = name
+        self.kernel = kernel
+        self.impl = impl
+        self.vjps: tuple = ()
+        self.vjp_argnum: Callable | None = None
+        self.differentiable = differentiable
+        if kernel is not None:
+            _builtin.append(self)
+            if kernels._state.module is not None:
+                self.impl = getattr(kernels._state.module, kernel)
+
+    def __call__(self, *args: Any, **params: Any) -> Any:
+        return bind(self, args, params)
+
+    def __repr__(self) -> str:
+        return f"<primitive {self.name}>"
+
+
+_builtin: list[Primitive] = []
+
+
+def _rebind_kernels(module) -> None:
+    for prim in _builtin:
+        prim.impl = getattr(module, prim.kernel)
+
+
+kernels.on_switch(_rebind_kernels)
+
+
+def defvjp(prim: Primitive, *rules: Callable | None) -> None:
+    """Register VJP rules, one per positional argument (None: not differentiable there).
+
+    A rule is ``rule(g, ans, *args, **params) -> cotangent of that argument``, where
+    ``g`` is the cotangent of the output ``ans``. Rules must use tinymeta ops only,
+    so that the backward sweep can itself be recorded and differentiated.
+    """
+    prim.vjps = tuple(rules)
+
+
+def defvjp_argnum(prim: Primitive, rule: Callable) -> None:
+    """Register one VJP rule for every argument: ``rule(argnum, g, ans, args, params)``."""
+    prim.vjp_argnum = rule
+
+
+def primitive(fun: Callable, name: str | None = None) -> Primitive:
+    """Make a user-defined primitive of an array function; give it rules with :func:`defvjp`."""
+    return Primitive(name or getattr(fun, "__name__", "primitive"), impl=fun)
+
+
+# ---- calling a primitive -----------------------------------------------------------
+
+def bind(prim: Primitive, args: tuple | list, params: dict) -> Any:
+    """Apply ``prim``: at the innermost trace among ``args``, or on plain arrays."""
+    top = None
+    for a in args:
+        if type(a) is Tensor:
+            t = a._trace
+            if t is not None and (top is None or t.level >= top.level):
+                if top is not None and t.level == top.level and t is not top:
+                    raise ValueError(
+                        f"{prim.name}: a Tensor from a finished transform was mixed with a "
+                        "live one (an escaped tracer); return values out of grad/vjp instead"
+                    )
+                top = t
+    if top is None:
+        return _evaluate(prim, args, params)
+    return top.process(prim, args, params)
+
+
+def _evaluate(prim: Primitive, args: tuple | list, params: dict) -> Any:
+    """Run the kernel on plain arrays (constant Tensors unwrapped, and the result rewrapped)."""
+    wrap = False
+    vals = args
+    for a in args:
+        if type(a) is Tensor:
+            wrap = True
+            vals = [x._value if type(x) is Tensor else x for x in args]
+            break
+    impl = prim.impl
+    if impl is None:
+        raise TypeError(f"{prim.name}: no kernel in backend {kernels.backend_name()!r}")
+    try:
+        out = impl(*vals, **params)
+    except (ValueError, TypeError, IndexError) as e:
+        raise type(e)(f"{prim.name}: {_describe_args(vals)}: {e}") from e
+    if config.debug_nans:
+        _check_finite(prim, vals, out)
+    return Tensor(out) if wrap else out
+
+
+def _describe_args(vals) -> str:
+    parts = []
+    for v in vals:
+        if hasattr(v, "shape") and hasattr(v, "dtype"):
+            parts.append(f"{v.dtype}{list(v.shape)}")
+        else:
+            parts.append(type(v).__name__)
+    return "inputs " + ", ".join(parts)
+
+
+def _check_finite(prim: Primitive, vals, out) -> None:
+    xp = kernels.get_backend().xp
+    dt = getattr(out, "dtype", None)
+    if dt is not None and dt.kind in "fc" and not bool(xp.all(xp.isfinite(out))):
+        raise FloatingPointError(
+            f"debug_nans: {prim.name} produced a NaN or an Inf from {_describe_args(vals)}"
+        )
+
+
+# ---- the gradient tape ---------------------------------------------------------------
+
+class GradTrace:
+    """A Wengert list for reverse mode: row i is the call that produced variable i."""
+
+    __slots__ = ("level", "nodes", "__weakref__")
+
+    def __init__(self) -> None:
+        self.level = next(_levels)
+        self.nodes: list[tuple] = []
+
+    def new_leaf(self, value: Any) -> Tensor:
+        self.nodes.append((None, (), (), None, value))
+        return Tensor(value, self, len(self.nodes) - 1)
+
+    def process(self, prim: Primitive, args, params: dict) -> Any:
+        vals = []
+        parents = []
+        for a in args:
+            if type(a) is Tensor and a._trace is self:
+                vals.append(a._value)
+                parents.append(a._id)
+            else:
+                vals.append(a)
+                parents.append(-1)
+        out = bind(prim, vals, params)
+        if not prim.differentiable:
+            return out
+        nodes = self.nodes
+        nodes.append((prim, vals, parents, params, out))
+        return Tensor(out, self, len(nodes) - 1)
+
+    def backward(self, seeds: list[tuple[int, Any]], wanted: list[int]) -> list[Any]:
+        """Sweep the tape in reverse from ``seeds`` (variable id, cotangent).
+
+        Returns the cotangent of each ``wanted`` variable (None where the
+        output does not depend on it). The rules run on the values one level
+        down, so an enclosing trace records this sweep.
+        """
+        from .ops import add
+
+        nodes = self.nodes
+        cts: list[Any] = [None] * len(nodes)
+        for i, g in seeds:
+            cts[i] = g if cts[i] is None else add(cts[i], g)
+        want = set(wanted)
+        kept: dict[int, Any] = {}
+        start = max(i for i, _ in seeds)
+        saved_phase = phase.name
+        phase.name = "backward"
+        try:
+            for i in range(start, -1, -1):
+                g = cts[i]
+                if g is None:
+                    continue
+                if i in want:
+                    kept[i] = g
+                prim, vals, parents, params, out = nodes[i]
+                if prim is None:
+                    continue
+                cts[i] = None
+                for j, p in enumerate(parents):
+                    if p < 0:
+                        continue
+                    if prim.vjp_argnum is not None:
+                        c = prim.vjp_argnum(j, g, out, vals, params)
+                    else:
+                        rule = prim.vjps[j] if j < len(prim.vjps) else None
+                        if rule is None:
+                            raise TypeError(
+                                f"{prim.name} has no VJP rule for argument {j}; "
+                                "register one with tm.defvjp"
+                            )
+                        c = rule(g, out, *vals, **params)
+                    cts[p] = c if cts[p] is None else add(cts[p], c)
+        finally:
+            phase.name = saved_phase
+        return [kept.get(i) for i in wanted]
+
+
+# ---- the capture trace ----------------------------------------------------------------
+
+class Var:
+    """A variable of a captured program."""
+
+    __slots__ = ("id", "shape", "dtype")
+
+    def __init__(self, id: int, shape: tuple, dtype: Any) -> None:
+        self.id, self.shape, self.dtype = id, shape, dtype
+
+    def __repr__(self) -> str:
+        return _var_name(self.id)
+
+
+class Eqn:
+    """One row of a captured program: ``out = prim(*ins, **params)``."""
+
+    __slots__ = ("prim", "ins", "params", "out", "phase")
+
+    def __init__(self, prim: Primitive, ins: list, params: dict, out: Var, phase: str) -> None:
+        self.prim, self.ins, self.params, self.out, self.phase = prim, ins, params, out, phase
+
+
+class CaptureTrace:
+    """Records every primitive call as a flat program on variables (``make_tape``)."""
+
+    __slots__ = ("level", "vars", "eqns", "__weakref__")
+
+    def __init__(self) -> None:
+        self.level = next(_levels)
+        self.vars: list[Var] = []
+        self.eqns: list[Eqn] = []
+
+    def _new_var(self, value: Any) -> Var:
+        v = Var(len(self.vars), tuple(_shape_of(value)), _dtype_of(value))
+        self.vars.append(v)
+        return v
+
+    def new_input(self, value: Any) -> Tensor:
+        v = self._new_var(value)
+        return Tensor(value, self, v.id)
+
+    def process(self, prim: Primitive, args, params: dict) -> Any:
+        vals = []
+        ins = []
+        for a in args:
+            if type(a) is Tensor and a._trace is self:
+                vals.append(a._value)
+                ins.append(self.vars[a._id])
+            else:
+                vals.append(a)
+                ins.append(a)
+        out = bind(prim, vals, params)
+        v = self._new_var(out)
+        self.eqns.append(Eqn(prim, ins, params, v, phase.name))
+        return Tensor(out, self, v.id)
+
+
+def _shape_of(x: Any) -> tuple:
+    return tuple(getattr(x, "shape", ()))
+
+
+def _dtype_of(x: Any) -> Any:
+    return getattr(x, "dtype", type(x).__name__)
+
+
+def _var_name(i: int) -> str:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    s = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        s = letters[r] + s
+    return s
+
+
+from .tensor import Tensor  # noqa: E402  (Tensor's operators need this module's bind)

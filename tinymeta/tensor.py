@@ -1,0 +1,179 @@
+"""``Tensor``: an immutable array plus its place on a tape.
+
+A Tensor outside any transform (``tm.tensor(data)``) is a constant: it holds a
+read-only array. Inside a transform, a Tensor is a *box*: ``_value`` is the
+value one trace level down (an array, or a Tensor of an outer trace), and
+``(_trace, _id)`` is its variable on the tape of its own level.
+
+Operators and methods mirror ``ndarray``'s and call tinymeta's primitives.
+``__array_ufunc__ = None`` makes NumPy defer to the Tensor in mixed expressions
+(``ndarray @ Tensor`` reaches ``Tensor.__rmatmul__``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class Tensor:
+    """An immutable array on a tape. Build constants with :func:`tinymeta.tensor`."""
+
+    __slots__ = ("_value", "_trace", "_id", "__weakref__")
+    __array_ufunc__ = None
+    __array_priority__ = 1000
+
+    def __init__(self, value: Any, trace: Any = None, id: int = -1) -> None:
+        self._value = value
+        self._trace = trace
+        self._id = id
+
+    # ---- what the Tensor holds ----
+    def _raw(self) -> Any:
+        v = self._value
+        while type(v) is Tensor:
+            v = v._value
+        return v
+
+    def _captured(self) -> bool:
+        from .tape import CaptureTrace
+
+        t: Any = self
+        while type(t) is Tensor:
+            if type(t._trace) is CaptureTrace:
+                return True
+            t = t._value
+        return False
+
+    @property
+    def data(self) -> Any:
+        """The array (read-only). Outside the derivative: use ops to keep it."""
+        if self._captured():
+            raise TypeError(
+                "Tensor.data of a value being captured by make_tape/compile would bake "
+                "this input's value into the tape; compute with tinymeta ops instead"
+            )
+        v = self._raw()
+        if self._trace is None:
+            return v
+        view = v.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def shape(self) -> tuple:
+        return self._raw().shape
+
+    @property
+    def dtype(self) -> Any:
+        return self._raw().dtype
+
+    @property
+    def ndim(self) -> int:
+        return self._raw().ndim
+
+    @property
+    def size(self) -> int:
+        return self._raw().size
+
+    def __len__(self) -> int:
+        return len(self._raw())
+
+    def __repr__(self) -> str:
+        if self._trace is None:
+            return f"Tensor({self._value!r})"
+        kind = type(self._trace).__name__
+        return f"Tensor(shape={self.shape}, dtype={self.dtype}, traced by {kind} {self._trace.level})"
+
+    # ---- refusing to drop the derivative ----
+    def _refuse(self, what: str) -> None:
+        if self._trace is not None:
+            raise TypeError(
+                f"{what} of a traced Tensor (shape {self.shape}) would silently drop its "
+                "derivative or bake its value into a tape: compute with tinymeta ops "
+                "(tm.where, tm.maximum, ...), or take tm.stop_gradient(x) for a value "
+                "outside the derivative"
+            )
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        self._refuse("np.asarray")
+        v = self._value
+        return np.asarray(v, dtype=dtype)
+
+    def __bool__(self) -> bool:
+        self._refuse("bool()")
+        return bool(self._value)
+
+    def __float__(self) -> float:
+        self._refuse("float()")
+        return float(self._value)
+
+    def __int__(self) -> int:
+        self._refuse("int()")
+        return int(self._value)
+
+    def __index__(self) -> int:
+        self._refuse("operator.index()")
+        return int(self._value)
+
+    def item(self) -> Any:
+        self._refuse(".item()")
+        return self._value.item()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise TypeError(
+            "Tensor is immutable: item assignment is not supported; build a new array "
+            "with tm.where or tm.concatenate"
+        )
+
+    __hash__ = object.__hash__
+
+    # ---- operators ----
+    def __add__(self, o): return _ops.add(self, o)
+    def __radd__(self, o): return _ops.add(o, self)
+    def __sub__(self, o): return _ops.subtract(self, o)
+    def __rsub__(self, o): return _ops.subtract(o, self)
+    def __mul__(self, o): return _ops.multiply(self, o)
+    def __rmul__(self, o): return _ops.multiply(o, self)
+    def __truediv__(self, o): return _ops.divide(self, o)
+    def __rtruediv__(self, o): return _ops.divide(o, self)
+    def __pow__(self, o): return _ops.power(self, o)
+    def __rpow__(self, o): return _ops.power(o, self)
+    def __matmul__(self, o): return _ops.matmul(self, o)
+    def __rmatmul__(self, o): return _ops.matmul(o, self)
+    def __neg__(self): return _ops.negative(self)
+    def __pos__(self): return self
+    def __abs__(self): return _ops.abs(self)
+    def __getitem__(self, index): return _ops.getitem(self, index)
+    def __lt__(self, o): return _ops.less(self, o)
+    def __le__(self, o): return _ops.less_equal(self, o)
+    def __gt__(self, o): return _ops.greater(self, o)
+    def __ge__(self, o): return _ops.greater_equal(self, o)
+    def __eq__(self, o): return _ops.equal(self, o)  # type: ignore[override]
+    def __ne__(self, o): return _ops.not_equal(self, o)  # type: ignore[override]
+
+    # ---- methods ----
+    def sum(self, axis=None, keepdims=False): return _ops.sum(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return _ops.mean(self, axis, keepdims)
+    def max(self, axis=None, keepdims=False): return _ops.max(self, axis, keepdims)
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return _ops.reshape(self, shape)
+    def transpose(self, *axes):
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        return _ops.transpose(self, axes or None)
+    def swapaxes(self, a, b): return _ops.swapaxes(self, a, b)
+    def squeeze(self, axis=None): return _ops.squeeze(self, axis)
+    def astype(self, dtype): return _ops.astype(self, dtype)
+    def exp(self): return _ops.exp(self)
+    def log(self): return _ops.log(self)
+    def tanh(self): return _ops.tanh(self)
+
+    @property
+    def T(self): return _ops.transpose(self, None)
+
+
+from . import ops as _ops  # noqa: E402  (ops imports Tensor)
