@@ -108,12 +108,7 @@ def bind(prim: Primitive, args: tuple | list, params: dict) -> Any:
     for a in args:
         if type(a) is Tensor:
             t = a._trace
-            if t is not None and (top is None or t.level >= top.level):
-                if top is not None and t.level == top.level and t is not top:
-                    raise ValueError(
-                        f"{prim.name}: a Tensor from a finished transform was mixed with a "
-                        "live one (an escaped tracer); return values out of grad/vjp instead"
-                    )
+            if t is not None and (top is None or t.level > top.level):
                 top = t
     if top is None:
         return _evaluate(prim, args, params)
@@ -160,22 +155,33 @@ def _check_finite(prim: Primitive, vals, out) -> None:
         )
 
 
+def _escaped(prim: Primitive) -> None:
+    raise ValueError(
+        f"{prim.name}: a Tensor from a finished transform was used after the transform "
+        "returned (an escaped tracer); return values out of grad/vjp instead of keeping "
+        "the Tensors a transformed function received"
+    )
+
+
 # ---- the gradient tape ---------------------------------------------------------------
 
 class GradTrace:
     """A Wengert list for reverse mode: row i is the call that produced variable i."""
 
-    __slots__ = ("level", "nodes", "__weakref__")
+    __slots__ = ("level", "nodes", "recording", "__weakref__")
 
     def __init__(self) -> None:
         self.level = next(_levels)
         self.nodes: list[tuple] = []
+        self.recording = True  # False once the transform's forward pass has returned
 
     def new_leaf(self, value: Any) -> Tensor:
         self.nodes.append((None, (), (), None, value))
         return Tensor(value, self, len(self.nodes) - 1)
 
     def process(self, prim: Primitive, args, params: dict) -> Any:
+        if not self.recording:
+            _escaped(prim)
         vals = []
         parents = []
         for a in args:
@@ -266,12 +272,13 @@ class Eqn:
 class CaptureTrace:
     """Records every primitive call as a flat program on variables (``make_tape``)."""
 
-    __slots__ = ("level", "vars", "eqns", "__weakref__")
+    __slots__ = ("level", "vars", "eqns", "recording", "__weakref__")
 
     def __init__(self) -> None:
         self.level = next(_levels)
         self.vars: list[Var] = []
         self.eqns: list[Eqn] = []
+        self.recording = True
 
     def _new_var(self, value: Any) -> Var:
         v = Var(len(self.vars), tuple(_shape_of(value)), _dtype_of(value))
@@ -283,6 +290,8 @@ class CaptureTrace:
         return Tensor(value, self, v.id)
 
     def process(self, prim: Primitive, args, params: dict) -> Any:
+        if not self.recording:
+            _escaped(prim)
         vals = []
         ins = []
         for a in args:

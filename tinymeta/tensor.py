@@ -84,7 +84,8 @@ class Tensor:
         if self._trace is None:
             return f"Tensor({self._value!r})"
         kind = type(self._trace).__name__
-        return f"Tensor(shape={self.shape}, dtype={self.dtype}, traced by {kind} {self._trace.level})"
+        level = self._trace.level
+        return f"Tensor(shape={self.shape}, dtype={self.dtype}, traced by {kind} {level})"
 
     # ---- refusing to drop the derivative ----
     def _refuse(self, what: str) -> None:

@@ -93,7 +93,10 @@ def vjp(f: Callable, *primals: Any, has_aux: bool = False) -> tuple:
         leaf_vars.append(tl)
         defs.append(treedef)
         boxed.append(tree_unflatten(treedef, tl))
-    out = f(*boxed)
+    try:
+        out = f(*boxed)
+    finally:
+        trace.recording = False
     if has_aux:
         if not (isinstance(out, tuple) and len(out) == 2):
             raise TypeError("vjp with has_aux=True needs f to return a pair (out, aux)")
@@ -420,7 +423,10 @@ def make_tape(f: Callable, backward: bool = False, argnums: Any = 0) -> Callable
         boxed = [trace.new_input(_as_input(x)) for x in leaves]
         invars = [trace.vars[t._id] for t in boxed]
         fn = value_and_grad(f, argnums) if backward else f
-        out = fn(*tree_unflatten(in_def, boxed))
+        try:
+            out = fn(*tree_unflatten(in_def, boxed))
+        finally:
+            trace.recording = False
         out_leaves, out_def = tree_flatten(out)
         outs = [trace.vars[o._id] if type(o) is Tensor and o._trace is trace else o
                 for o in out_leaves]
