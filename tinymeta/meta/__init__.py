@@ -1,0 +1,31 @@
+"""Meta-learning algorithms, each ``f(loss_fn, params, batch, ...) -> (meta_gradient, info)``.
+
+``loss_fn(params, x, y)`` receives params whose every leaf has the leading task axis B
+and returns per-task losses (B,); see DESIGN.md, "Task batching".
+"""
+
+from __future__ import annotations
+
+from .adapt import adapt
+from .cg import cg, task_dot
+from .common import adapt_path, broadcast_tasks, inner_step
+from .imaml import imaml
+from .maml import fomaml, maml
+from .metasgd import metasgd
+from .pretrain import pretrain
+from .reptile import reptile
+
+__all__ = [
+    "adapt",
+    "adapt_path",
+    "broadcast_tasks",
+    "cg",
+    "fomaml",
+    "imaml",
+    "inner_step",
+    "maml",
+    "metasgd",
+    "pretrain",
+    "reptile",
+    "task_dot",
+]

@@ -1,0 +1,34 @@
+"""Fine-tuning: the learner alone, as used at test time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .common import LossFn, adapt_path, check_mask
+
+
+def adapt(loss_fn: LossFn, params: Any, x: Any, y: Any, inner_lr: Any, steps: int,
+          mask: Any = None) -> Any:
+    """Per-task adapted params θ_T: θ_{t+1} = θ_t − α ∇L_S(θ_t), T steps from θ_0.
+
+    Args:
+        loss_fn: ``loss_fn(params, x, y) -> (B,)`` per-task losses, params task-batched.
+        params: θ_0 without the task axis (broadcast here to B = x.shape[0] tasks).
+        x, y: the support set, (B, K, …).
+        inner_lr: α, a scalar, or a pytree like params (Meta-SGD's learned rates).
+        steps: T ≥ 0.
+        mask: optional pytree of bools: False leaves are not adapted.
+
+    Returns:
+        θ_T, a pytree like params with the task axis B on every leaf.
+
+    References:
+        Finn, Abbeel and Levine 2017.
+    """
+    if int(steps) < 0:
+        raise ValueError(f"adapt: steps must be >= 0; got {steps}")
+    path = adapt_path(loss_fn, params, x, y, inner_lr, steps, check_mask(mask, params))
+    theta = next(path)
+    for theta in path:  # noqa: B007  (the last one is the answer)
+        continue
+    return theta

@@ -1,0 +1,55 @@
+"""Reptile: the meta-update is the mean parameter difference of the adapted learners."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import ops
+from ..tree import tree_map
+from .common import LossFn, broadcast_tasks, inner_step, num_tasks
+
+
+def reptile(loss_fn: LossFn, params: Any, batch: Any, inner_lr: float, inner_steps: int,
+            use_query: bool = False) -> tuple:
+    """Reptile's "meta-gradient": (1/B) Σ_e (θ_0 − θ_T^e).
+
+    Learner: θ_{t+1} = θ_t − α ∇L_S(θ_t) for T steps from θ_0 (on S ∪ Q with
+    ``use_query``). Reptile's update θ_0 ← θ_0 + ε (1/B) Σ_e (θ_T^e − θ_0) is then the
+    outer optimizer's SGD step with learning rate ε on the returned value.
+
+    Errata of the lecture: the slide's θ_0 − ∂L(θ_T)/∂θ_T is not Reptile; the update uses
+    the parameter difference θ_0 − θ_T (Nichol et al. 2018). And θ_0 − θ_T = α Σ_t ∇L(θ_t)
+    is the sum of the inner gradients along the path, so with T = 1 Reptile is plain
+    joint training on the tasks' losses; its meta-learning effect needs T > 1.
+
+    Args:
+        loss_fn: ``loss_fn(params, x, y) -> (B,)`` per-task losses, params task-batched.
+        params: θ_0, a pytree of arrays without the task axis.
+        batch: a TaskBatch (task axis first).
+        inner_lr: α.
+        inner_steps: T ≥ 1.
+        use_query: run the learner on the support and query points together.
+
+    Returns:
+        (meta_gradient like params, info): "support_loss" L_S(θ_0) and "query_loss"
+        L_Q(θ_T), both (B,) (the query loss is only watched, never used).
+
+    References:
+        Nichol, Achiam and Schulman 2018, On First-Order Meta-Learning Algorithms.
+    """
+    if int(inner_steps) < 1:
+        raise ValueError(f"reptile: inner_steps must be >= 1; got {inner_steps}")
+    B = num_tasks(batch)
+    x, y = batch.support_x, batch.support_y
+    if use_query:
+        x = ops.concatenate([x, batch.query_x], axis=1)
+        y = ops.concatenate([y, batch.query_y], axis=1)
+    theta = broadcast_tasks(params, B)
+    support = None
+    for _ in range(int(inner_steps)):
+        theta, losses = inner_step(loss_fn, theta, x, y, inner_lr)
+        if support is None:
+            support = losses
+    query = loss_fn(theta, batch.query_x, batch.query_y)
+    g = tree_map(lambda p0, pT: p0 - ops.mean(pT, axis=0), params, theta)
+    return g, {"support_loss": support, "query_loss": query, "loss": ops.mean(query)}
