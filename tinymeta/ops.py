@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import math
+
 import numpy as np
 
 from .tape import Primitive, defvjp, defvjp_argnum
@@ -24,7 +26,10 @@ from .tensor import Tensor
 
 def shape(x: Any) -> tuple:
     """The shape of a Tensor, an array or a Python scalar (``()``)."""
-    return tuple(x.shape) if hasattr(x, "shape") else ()
+    try:
+        return x.shape
+    except AttributeError:
+        return ()
 
 
 def ndim(x: Any) -> int:
@@ -96,7 +101,13 @@ defvjp(negative, lambda g, ans, x: negative(g))
 
 
 def _vjp_power_base(g, ans, x, y):
-    # d x^y / dx = y x^(y-1)
+    # d x^y / dx = y x^(y-1)  (for a Python exponent 2 or 1, without a power call)
+    if type(y) in (int, float):
+        if y == 2:
+            return g * (x * 2.0)
+        if y == 1:
+            return g
+        return g * (y * power(x, y - 1))
     return unbroadcast(g * y * power(x, y - 1), shape(x))
 
 
@@ -130,7 +141,11 @@ sigmoid = Primitive("sigmoid", kernel="sigmoid")
 defvjp(sigmoid, lambda g, ans, x: g * ans * (1.0 - ans))
 
 relu = Primitive("relu", kernel="relu")
-defvjp(relu, lambda g, ans, x: g * greater(x, 0))  # relu'(0) = 0
+defvjp(relu, lambda g, ans, x: _relu_grad(g, x))
+
+# ḡ · 1[x > 0] in one kernel (relu'(0) = 0); linear in ḡ, and zero derivative in x
+_relu_grad = Primitive("relu_grad", kernel="relu_grad")
+defvjp(_relu_grad, lambda g, ans, gin, x: _relu_grad(g, x), None)
 
 abs = Primitive("abs", kernel="absolute")  # noqa: A001
 defvjp(abs, lambda g, ans, x: g * sign(x))  # abs'(0) = 0
@@ -278,14 +293,14 @@ def reshape(x: Any, newshape: Any) -> Any:
     if isinstance(newshape, (int, np.integer)):
         newshape = (int(newshape),)
     old = shape(x)
-    newshape = tuple(int(s) for s in newshape)
-    size = int(np.prod(old))
-    if newshape.count(-1) == 1:
-        rest = int(np.prod([s for s in newshape if s != -1]))
-        if rest == 0 or size % rest:
+    newshape = tuple(newshape)
+    size = math.prod(old)
+    if -1 in newshape:
+        rest = -math.prod(newshape)
+        if newshape.count(-1) != 1 or rest <= 0 or size % rest:
             raise ValueError(f"reshape: cannot reshape an input of shape {old} into {newshape}")
         newshape = tuple(size // rest if s == -1 else s for s in newshape)
-    if int(np.prod(newshape)) != size:
+    elif math.prod(newshape) != size:
         raise ValueError(f"reshape: cannot reshape an input of shape {old} into {newshape}")
     if newshape == old:
         return x
@@ -445,6 +460,10 @@ def _vjp_matmul_0(g, ans, x, y):
 
 def _vjp_matmul_1(g, ans, x, y):
     """ȳ = xᵀ ḡ (batched: swapaxes(-1, -2)), summed over broadcast batch axes."""
+    if ndim(y) == 2 and ndim(x) > 2:
+        # a shared matrix under a batch of inputs: the sum over the batch is one GEMM
+        n, m = shape(y)
+        return matmul(transpose(reshape(x, (-1, n))), reshape(g, (-1, m)))
     if ndim(x) == 1 and ndim(y) == 1:
         gy = g * x
     elif ndim(x) == 1:

@@ -63,7 +63,20 @@ class Primitive:
                 self.impl = getattr(kernels._state.module, kernel)
 
     def __call__(self, *args: Any, **params: Any) -> Any:
-        return bind(self, args, params)
+        # the body of bind(), inlined: this is the hottest call in the engine
+        top = None
+        boxed = False
+        for a in args:
+            if type(a) is Tensor:
+                boxed = True
+                t = a._trace
+                if t is not None and (top is None or t.level > top.level):
+                    top = t
+        if top is not None:
+            return top.process(self, args, params)
+        if boxed:
+            return _evaluate(self, args, params)
+        return _run(self, args, params)
 
     def __repr__(self) -> str:
         return f"<primitive {self.name}>"
@@ -84,7 +97,9 @@ def defvjp(prim: Primitive, *rules: Callable | None) -> None:
     """Register VJP rules, one per positional argument (None: not differentiable there).
 
     A rule is ``rule(g, ans, *args, **params) -> cotangent of that argument``, where
-    ``g`` is the cotangent of the output ``ans``. Rules must use tinymeta ops only,
+    ``g`` is the cotangent of the output ``ans``; ``None`` declares the argument
+    non-differentiable (its cotangent is zero, like ``where``'s condition). A
+    primitive with no rule for an argument it is differentiated in raises. Rules must use tinymeta ops only,
     so that the backward sweep can itself be recorded and differentiated.
     """
     prim.vjps = tuple(rules)
@@ -124,6 +139,12 @@ def _evaluate(prim: Primitive, args: tuple | list, params: dict) -> Any:
             wrap = True
             vals = [x._value if type(x) is Tensor else x for x in args]
             break
+    out = _run(prim, vals, params)
+    return Tensor(out) if wrap else out
+
+
+def _run(prim: Primitive, vals: tuple | list, params: dict) -> Any:
+    """Call the kernel on arrays; errors come back naming the primitive and the shapes."""
     impl = prim.impl
     if impl is None:
         raise TypeError(f"{prim.name}: no kernel in backend {kernels.backend_name()!r}")
@@ -133,7 +154,7 @@ def _evaluate(prim: Primitive, args: tuple | list, params: dict) -> Any:
         raise type(e)(f"{prim.name}: {_describe_args(vals)}: {e}") from e
     if config.debug_nans:
         _check_finite(prim, vals, out)
-    return Tensor(out) if wrap else out
+    return out
 
 
 def _describe_args(vals) -> str:
@@ -184,14 +205,20 @@ class GradTrace:
             _escaped(prim)
         vals = []
         parents = []
+        nested = False
         for a in args:
-            if type(a) is Tensor and a._trace is self:
-                vals.append(a._value)
-                parents.append(a._id)
-            else:
-                vals.append(a)
-                parents.append(-1)
-        out = bind(prim, vals, params)
+            if type(a) is Tensor:
+                if a._trace is self:
+                    v = a._value
+                    vals.append(v)
+                    parents.append(a._id)
+                    if type(v) is Tensor:
+                        nested = True
+                    continue
+                nested = True
+            vals.append(a)
+            parents.append(-1)
+        out = bind(prim, vals, params) if nested else _run(prim, vals, params)
         if not prim.differentiable:
             return out
         nodes = self.nodes
@@ -227,18 +254,21 @@ class GradTrace:
                 if prim is None:
                     continue
                 cts[i] = None
+                rules = prim.vjps
                 for j, p in enumerate(parents):
                     if p < 0:
                         continue
                     if prim.vjp_argnum is not None:
                         c = prim.vjp_argnum(j, g, out, vals, params)
                     else:
-                        rule = prim.vjps[j] if j < len(prim.vjps) else None
-                        if rule is None:
+                        if j >= len(rules):
                             raise TypeError(
                                 f"{prim.name} has no VJP rule for argument {j}; "
                                 "register one with tm.defvjp"
                             )
+                        rule = rules[j]
+                        if rule is None:  # declared non-differentiable there: zero cotangent
+                            continue
                         c = rule(g, out, *vals, **params)
                     cts[p] = c if cts[p] is None else add(cts[p], c)
         finally:

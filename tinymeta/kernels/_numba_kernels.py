@@ -14,6 +14,6 @@ def relu_flat(x, out):
 
 
 @njit(cache=True)
-def relu_mask_flat(x, g, out):
+def relu_grad_flat(g, x, out):
     for i in range(x.size):
         out[i] = g[i] if x[i] > 0 else 0.0

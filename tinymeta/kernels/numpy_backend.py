@@ -67,8 +67,8 @@ def relu(x):
     return np.maximum(x, 0)
 
 
-def relu_mask(x, g):
-    """g where x > 0, else 0 (relu'(0) = 0)."""
+def relu_grad(g, x):
+    """g where x > 0, else 0: the VJP of relu (relu'(0) = 0)."""
     return np.where(x > 0, g, 0).astype(np.result_type(g, x), copy=False)
 
 
@@ -83,11 +83,11 @@ def cast(x, dtype):
 
 # ---- reductions --------------------------------------------------------------
 def sum(x, axis, keepdims):  # noqa: A001  (the primitive's own name)
-    return np.sum(x, axis=axis, keepdims=keepdims)
+    return np.add.reduce(x, axis=axis, keepdims=keepdims)
 
 
 def amax(x, axis, keepdims):
-    return np.max(x, axis=axis, keepdims=keepdims)
+    return np.maximum.reduce(x, axis=axis, keepdims=keepdims)
 
 
 def logsumexp(x, axis, keepdims):
@@ -134,4 +134,17 @@ def stop_gradient(x):
 
 
 # ---- linear algebra ------------------------------------------------------------
-matmul = np.matmul
+def matmul(x, y):
+    """x @ y (NumPy's batched, broadcasting rules).
+
+    With an inner dimension of 1 the product is an outer product, computed as a
+    broadcast multiply (faster than a GEMM call there, and the same numbers: each
+    entry is a single product). A stack of inputs against one matrix is one GEMM
+    on the stacked rows, not a loop of small ones.
+    """
+    if x.ndim >= 2 and y.ndim >= 2 and x.shape[-1] == 1 and y.shape[-2] == 1:
+        return np.multiply(x, y)
+    if y.ndim == 2 and x.ndim > 2:
+        # a batch of inputs against one matrix: one GEMM on the stacked rows
+        return np.matmul(x.reshape(-1, x.shape[-1]), y).reshape(x.shape[:-1] + y.shape[-1:])
+    return np.matmul(x, y)

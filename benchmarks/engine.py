@@ -1,0 +1,175 @@
+"""The engine's own cost: per-primitive overhead and gradient/forward, HVP/gradient ratios.
+
+Run from a checkout:  OPENBLAS_NUM_THREADS=1 python benchmarks/engine.py [--json out.json]
+
+(a) Overhead per primitive on tiny arrays (shape (4,)): a chain of N = 200 tanh
+    calls, timed bare (np.tanh), recorded on a tape (forward under a GradTrace),
+    and recorded plus swept (a full ``grad``), set against the bare NumPy forward
+    plus the bare NumPy backward (one multiply-subtract per step).
+(b) Ratios for two MLP losses: 1-40-40-1 on a batch of 25×10 points, and
+    784-256-128-64-64-5 on a batch of 25: grad / forward and HVP / grad.
+
+Timings are medians of repeated runs (``timeit``), in one process, side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import timeit
+
+import numpy as np
+
+import tinymeta as tm
+from tinymeta.tape import GradTrace
+
+
+def median_seconds(fn, repeat: int = 15, min_time: float = 0.05) -> float:
+    """Median over ``repeat`` runs of the mean time per call, each run at least ``min_time`` s."""
+    timer = timeit.Timer(fn)
+    number, _ = timer.autorange()
+    number = max(1, int(number * min_time / 0.2))
+    runs = timer.repeat(repeat=repeat, number=number)
+    return statistics.median(runs) / number
+
+
+def overhead(n: int = 200) -> dict:
+    x = np.linspace(-1.0, 1.0, 4)
+
+    def bare_forward():
+        y = x
+        for _ in range(n):
+            y = np.tanh(y)
+        return y
+
+    def bare_forward_backward():
+        ys = [x]
+        y = x
+        for _ in range(n):
+            y = np.tanh(y)
+            ys.append(y)
+        g = np.ones_like(x)
+        for y in reversed(ys[1:]):
+            g = g * (1.0 - y * y)
+        return g
+
+    def chain(t):
+        for _ in range(n):
+            t = tm.tanh(t)
+        return t
+
+    def recorded_forward():
+        trace = GradTrace()
+        return chain(trace.new_leaf(x))
+
+    def full_grad():
+        return tm.grad(lambda t: tm.sum(chain(t)))(x)
+
+    t_bare = median_seconds(bare_forward)
+    t_bare_fb = median_seconds(bare_forward_backward)
+    t_rec = median_seconds(recorded_forward)
+    t_grad = median_seconds(full_grad)
+    return {
+        "n_primitives": n,
+        "bare_numpy_us_per_call": 1e6 * t_bare / n,
+        "recorded_us_per_primitive": 1e6 * t_rec / n,
+        "recording_overhead_us": 1e6 * (t_rec - t_bare) / n,
+        "bare_fwd_bwd_us_per_primitive": 1e6 * t_bare_fb / n,
+        "grad_us_per_primitive": 1e6 * t_grad / n,
+        "record_plus_sweep_overhead_us": 1e6 * (t_grad - t_bare_fb) / n,
+    }
+
+
+def mlp_ratios(sizes: list[int], x_shape: tuple, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    params = []
+    for i, o in zip(sizes[:-1], sizes[1:]):
+        params += [rng.uniform(-1, 1, size=(i, o)) / np.sqrt(i), np.zeros(o)]
+    params = [p.astype(np.float32) for p in params]
+    x = rng.normal(size=x_shape).astype(np.float32)
+    y = rng.normal(size=x_shape[:-1] + (sizes[-1],)).astype(np.float32)
+
+    def loss(params):
+        h = x
+        n = len(params) // 2
+        for k in range(n):
+            h = h @ params[2 * k] + params[2 * k + 1]
+            if k < n - 1:
+                h = tm.relu(h)
+        return tm.mean((h - y) ** 2)
+
+    g = tm.grad(loss)
+    v = [rng.normal(size=p.shape).astype(np.float32) for p in params]
+    t_fwd = median_seconds(lambda: loss(params))
+    t_grad = median_seconds(lambda: g(params))
+    t_hvp = median_seconds(lambda: tm.hvp(loss, (params,), (v,)))
+    return {
+        "sizes": sizes,
+        "x_shape": list(x_shape),
+        "forward_ms": 1e3 * t_fwd,
+        "grad_ms": 1e3 * t_grad,
+        "hvp_ms": 1e3 * t_hvp,
+        "grad_over_forward": t_grad / t_fwd,
+        "hvp_over_grad": t_hvp / t_grad,
+    }
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "backend": tm.backend_name(),
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default=None, help="write the results here as JSON")
+    ap.add_argument("--backend", default=None, help="numpy or numba (default: tinymeta's)")
+    args = ap.parse_args(argv)
+    if args.backend:
+        tm.set_backend(args.backend)
+    res = {"machine": machine(), "overhead": overhead(),
+           "mlp": [mlp_ratios([1, 40, 40, 1], (25, 10, 1)),
+                   mlp_ratios([784, 256, 128, 64, 64, 5], (25, 784))]}
+    o = res["overhead"]
+    print(f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, "
+          f"backend {res['machine']['backend']}, numpy {res['machine']['numpy']}")
+    print("\nper-primitive cost on shape (4,), chain of", o["n_primitives"], "tanh calls (µs)")
+    print(f"  bare np.tanh                     {o['bare_numpy_us_per_call']:7.2f}")
+    print(f"  recorded tm.tanh                 {o['recorded_us_per_primitive']:7.2f}"
+          f"   (+{o['recording_overhead_us']:.2f} over bare)")
+    print(f"  bare numpy forward + backward    {o['bare_fwd_bwd_us_per_primitive']:7.2f}")
+    print(f"  tm.grad (record + sweep)         {o['grad_us_per_primitive']:7.2f}"
+          f"   (+{o['record_plus_sweep_overhead_us']:.2f} over bare)")
+    print("\nMLP losses (float32)            forward ms   grad ms    hvp ms   grad/fwd  hvp/grad")
+    for m in res["mlp"]:
+        name = "-".join(map(str, m["sizes"])) + " x" + "x".join(map(str, m["x_shape"][:-1]))
+        print(f"  {name:30s} {m['forward_ms']:9.3f} {m['grad_ms']:9.3f} {m['hvp_ms']:9.3f}"
+              f" {m['grad_over_forward']:9.2f} {m['hvp_over_grad']:9.2f}")
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(res, fh, indent=2)
+        os.replace(tmp, args.json)
+    return res
+
+
+if __name__ == "__main__":
+    main()
