@@ -12,9 +12,8 @@ float32 ``x`` float32.
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
+from typing import Any
 
 import numpy as np
 

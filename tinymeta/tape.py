@@ -99,8 +99,9 @@ def defvjp(prim: Primitive, *rules: Callable | None) -> None:
     A rule is ``rule(g, ans, *args, **params) -> cotangent of that argument``, where
     ``g`` is the cotangent of the output ``ans``; ``None`` declares the argument
     non-differentiable (its cotangent is zero, like ``where``'s condition). A
-    primitive with no rule for an argument it is differentiated in raises. Rules must use tinymeta ops only,
-    so that the backward sweep can itself be recorded and differentiated.
+    primitive with no rule for an argument it is differentiated in raises. Rules
+    must use tinymeta ops only, so that the backward sweep can itself be recorded
+    and differentiated.
     """
     prim.vjps = tuple(rules)
 
