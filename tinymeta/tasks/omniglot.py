@@ -1,0 +1,852 @@
+"""Omniglot: loading, preprocessing, caching and N-way K-shot task sampling.
+
+The loader reads the layout of the public Omniglot release,
+``<split>/<Alphabet>/character<NN>/<id>_<drawer>.png``, straight from the zip files
+(``images_background.zip``, ``images_evaluation.zip``, ``images_background_small1.zip``, ...)
+or from unpacked folders.  A folder may hold the alphabets directly or one level of split
+folders above them.
+
+Preprocessing (the convention of Santoro et al. 2016 and Finn et al. 2017):
+
+* ink is 1.0 and background 0.0 (the PNGs are one-bit with black ink);
+* with ``center=True`` each 105x105 image is shifted by a whole number of pixels, *before*
+  resizing, so that the centre of mass of its ink lands on the image centre (ink shifted past
+  the border is dropped; for Omniglot this is rare and at most a few pixels);
+* the float image is then resized to 28x28 with Pillow's ``BOX`` filter (an area average, so
+  values stay within [0, 1]) and stored as float32.
+
+Decoded arrays are cached per source as ``.npz`` files in a user cache directory (see
+:func:`default_cache_dir`); a cache file that cannot be read, whose checksum or content key
+does not match, is rebuilt, never used.
+
+Each character can be augmented by rotations of 0, 90, 180 and 270 degrees; every rotation of
+a character is a class of its own.  Class ``c`` is character ``c // len(rotations)`` rotated
+by ``np.rot90(image, rotations[c % len(rotations)])`` (counter-clockwise quarter turns).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from tinymeta.tasks.base import TaskBatch
+
+__all__ = [
+    "CACHE_FORMAT_VERSION",
+    "Omniglot",
+    "augment",
+    "augment_batch",
+    "decode_png",
+    "default_cache_dir",
+    "load_source",
+    "preprocess",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Bump when the cached arrays change meaning; old cache files are then rebuilt.
+CACHE_FORMAT_VERSION = 1
+#: Side of the original Omniglot images.
+SOURCE_SIZE = 105
+#: Side of the preprocessed images.
+IMAGE_SIZE = 28
+#: Pillow resampling filter used by :func:`preprocess` (recorded in the cache key).
+RESAMPLE = "BOX"
+#: Grey level below which a pixel of a non-one-bit PNG counts as ink.
+INK_THRESHOLD = 128
+
+_CHARACTER_RE = re.compile(r"^character\d+$")
+_PIL_HINT = 'Pillow is needed to decode Omniglot PNG files: pip install -e ".[data]"'
+
+
+def _pil_image() -> Any:
+    """Import ``PIL.Image`` lazily, with an install hint when Pillow is missing."""
+    try:
+        from PIL import Image
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(_PIL_HINT) from err
+    return Image
+
+
+# --------------------------------------------------------------------------------------------
+# decoding and preprocessing
+# --------------------------------------------------------------------------------------------
+
+
+def decode_png(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode one PNG into a boolean ink mask (True where the pixel is ink, i.e. dark).
+
+    One-bit images (Omniglot's) are read directly: black (0) is ink. Other modes are
+    converted to grey and pixels below ``INK_THRESHOLD`` count as ink.
+
+    Raises:
+        ValueError: naming ``name`` when the bytes are not a decodable image.
+    """
+    Image = _pil_image()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if im.mode == "1":
+                return ~np.asarray(im, dtype=bool)
+            grey = np.asarray(im.convert("L"))
+    except Exception as err:  # Pillow raises several unrelated types on bad input
+        raise ValueError(f"cannot decode PNG {name}: {err}") from err
+    return grey < INK_THRESHOLD
+
+
+def _center_shift(ink: np.ndarray) -> np.ndarray:
+    """Shift each (H, W) image by whole pixels so its ink centre of mass is at the centre."""
+    n, h, w = ink.shape
+    mass = ink.sum(axis=(1, 2))
+    safe = np.where(mass > 0, mass, 1.0)
+    com_y = (ink.sum(axis=2) * np.arange(h)).sum(axis=1) / safe
+    com_x = (ink.sum(axis=1) * np.arange(w)).sum(axis=1) / safe
+    dy = np.where(mass > 0, np.rint((h - 1) / 2.0 - com_y), 0).astype(int)
+    dx = np.where(mass > 0, np.rint((w - 1) / 2.0 - com_x), 0).astype(int)
+    out = np.zeros_like(ink)
+    for i in range(n):  # one slice copy per image; the shifts differ per image
+        sy, sx = dy[i], dx[i]
+        if abs(sy) >= h or abs(sx) >= w:
+            continue
+        out[i, max(sy, 0) : h + min(sy, 0), max(sx, 0) : w + min(sx, 0)] = ink[
+            i, max(-sy, 0) : h + min(-sy, 0), max(-sx, 0) : w + min(-sx, 0)
+        ]
+    return out
+
+
+def preprocess(images: np.ndarray, center: bool = True, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Turn original ink images into the loader's float32 model inputs.
+
+    Args:
+        images: (n, H, W) or (H, W) ink images, boolean or float in [0, 1], ink = 1 / True
+            (Omniglot: 105x105).
+        center: shift each image by whole pixels at the original resolution, before the
+            resize, so that its ink centre of mass is at the image centre.
+        size: side of the output images (28 as in Finn et al.).
+
+    Returns:
+        (n, size, size) float32 array, ink 1.0 and background 0.0, resized with Pillow's
+        ``BOX`` filter (area averaging) from the float image.
+    """
+    Image = _pil_image()
+    arr = np.asarray(images)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"expected (n, H, W) or (H, W) images, got shape {arr.shape}")
+    ink = arr.astype(np.float32)
+    if center:
+        ink = _center_shift(ink)
+    out = np.empty((ink.shape[0], size, size), dtype=np.float32)
+    box = Image.Resampling.BOX
+    for i in range(ink.shape[0]):
+        out[i] = np.asarray(Image.fromarray(ink[i]).resize((size, size), box), dtype=np.float32)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# reading a source (zip or folder)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The PNG files of one source grouped by (alphabet, character), names sorted."""
+
+    kind: str  # "zip" or "dir"
+    path: Path
+    characters: dict[tuple[str, str], list[str]]  # -> member names / file paths
+
+
+def _split_parts(parts: Sequence[str]) -> tuple[str, str] | None:
+    """(alphabet, character) when ``parts`` ends ``<Alphabet>/character<NN>/<file>.png``."""
+    if len(parts) not in (3, 4) or not parts[-1].lower().endswith(".png"):
+        return None
+    if any(p.startswith(".") or p == "__MACOSX" for p in parts):
+        return None
+    if not _CHARACTER_RE.match(parts[-2]):
+        return None
+    return parts[-3], parts[-2]
+
+
+def _layout_error(path: Path) -> ValueError:
+    return ValueError(
+        f"{path}: no Omniglot images found (expected <Alphabet>/character<NN>/*.png, "
+        "optionally under one split folder; pass the .zip files or the unpacked folders)"
+    )
+
+
+def _scan(path: Path) -> _Layout:
+    chars: dict[tuple[str, str], list[str]] = {}
+    if path.is_dir():
+        kind = "dir"
+        for depth_glob in ("*/*/*.*", "*/*/*/*.*"):
+            for f in path.glob(depth_glob):
+                key = _split_parts(f.relative_to(path).parts)
+                if key is not None and f.is_file():
+                    chars.setdefault(key, []).append(str(f))
+    elif path.is_file():
+        kind = "zip"
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError) as err:
+            raise ValueError(f"{path}: not a readable zip file ({err})") from err
+        for name in names:
+            if name.endswith("/"):
+                continue
+            key = _split_parts(name.split("/"))
+            if key is not None:
+                chars.setdefault(key, []).append(name)
+    else:
+        raise FileNotFoundError(f"Omniglot source not found: {path}")
+    if not chars:
+        raise _layout_error(path)
+    for files in chars.values():
+        files.sort(key=lambda s: s.replace("\\", "/").rsplit("/", 1)[-1])
+    return _Layout(kind, path, dict(sorted(chars.items())))
+
+
+def _source_key(layout: _Layout, center: bool, size: int) -> dict[str, Any]:
+    """Everything the cached arrays depend on: the source's files and the settings."""
+    path = layout.path.resolve()
+    if layout.kind == "zip":
+        st = path.stat()
+        files: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    else:
+        h = hashlib.sha256()
+        count = 0
+        for names in layout.characters.values():
+            for name in names:
+                st = os.stat(name)
+                rel = Path(name).relative_to(layout.path).as_posix()
+                h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+                count += 1
+        files = {"count": count, "digest": h.hexdigest()}
+    return {
+        "format_version": CACHE_FORMAT_VERSION,
+        "kind": layout.kind,
+        "path": str(path),
+        "files": files,
+        "center": bool(center),
+        "size": int(size),
+        "resample": RESAMPLE,
+        "ink_threshold": INK_THRESHOLD,
+    }
+
+
+@dataclass(frozen=True)
+class _SourceArrays:
+    images: np.ndarray  # (C, D, size, size) float32
+    characters: list[tuple[str, str]]
+    files: np.ndarray  # (C, D) str: the file names (without folders)
+
+
+def _decode_layout(layout: _Layout, center: bool, size: int) -> _SourceArrays:
+    counts = {len(v) for v in layout.characters.values()}
+    if len(counts) != 1:
+        first = next(iter(layout.characters.values()))
+        for (alpha, char), names in layout.characters.items():
+            if len(names) != len(first):
+                raise ValueError(
+                    f"{layout.path}: {alpha}/{char} has {len(names)} drawings, "
+                    f"others have {len(first)}"
+                )
+    n_chars, n_draw = len(layout.characters), counts.pop()
+    images = np.empty((n_chars, n_draw, size, size), dtype=np.float32)
+    files = []
+    zf = zipfile.ZipFile(layout.path) if layout.kind == "zip" else None
+    try:
+        for c, names in enumerate(layout.characters.values()):
+            ink = np.empty((n_draw, SOURCE_SIZE, SOURCE_SIZE), dtype=bool)
+            for d, name in enumerate(names):
+                if zf is not None:
+                    label = f"{layout.path}!{name}"
+                    try:
+                        data = zf.read(name)
+                    except (zipfile.BadZipFile, OSError) as err:
+                        raise ValueError(f"cannot read {label}: {err}") from err
+                else:
+                    label = name
+                    data = Path(name).read_bytes()
+                mask = decode_png(data, label)
+                if mask.shape != (SOURCE_SIZE, SOURCE_SIZE):
+                    raise ValueError(
+                        f"{label}: image is {mask.shape[1]}x{mask.shape[0]}, "
+                        f"expected {SOURCE_SIZE}x{SOURCE_SIZE}"
+                    )
+                ink[d] = mask
+            images[c] = preprocess(ink, center=center, size=size)
+            files.append([name.replace("\\", "/").rsplit("/", 1)[-1] for name in names])
+    finally:
+        if zf is not None:
+            zf.close()
+    return _SourceArrays(images, list(layout.characters), np.array(files, dtype=str))
+
+
+# --------------------------------------------------------------------------------------------
+# cache
+# --------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """``$TINYMETA_CACHE`` when set, else ``~/.cache/tinymeta``."""
+    env = os.environ.get("TINYMETA_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "tinymeta"
+
+
+def _checksum(arrays: _SourceArrays) -> str:
+    h = hashlib.sha256()
+    h.update(str(arrays.images.shape).encode())
+    h.update(np.ascontiguousarray(arrays.images, dtype=np.float32).tobytes())
+    h.update(json.dumps([list(c) for c in arrays.characters]).encode())
+    h.update(json.dumps(arrays.files.tolist()).encode())
+    return h.hexdigest()
+
+
+def _cache_path(cache_dir: Path, layout: _Layout, key: Mapping[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", layout.path.name.removesuffix(".zip")) or "source"
+    return cache_dir / f"omniglot-{stem}-{digest}.npz"
+
+
+def _read_cache(path: Path, key: Mapping[str, Any]) -> _SourceArrays:
+    """Load and verify one cache file; raises ValueError (or any reading error) when bad."""
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"][()]))
+        if meta.get("key") != json.loads(json.dumps(key)):
+            raise ValueError("content key mismatch")
+        images = z["images"]
+        alphabets = z["alphabets"]
+        chars = z["characters"]
+        files = z["files"]
+    if images.dtype != np.float32 or images.ndim != 4:
+        raise ValueError(f"bad images array {images.dtype} {images.shape}")
+    if not (len(alphabets) == len(chars) == images.shape[0]) or files.shape != images.shape[:2]:
+        raise ValueError("inconsistent array shapes")
+    arrays = _SourceArrays(
+        images, [(str(a), str(c)) for a, c in zip(alphabets, chars, strict=True)], files
+    )
+    if meta.get("checksum") != _checksum(arrays):
+        raise ValueError("checksum mismatch")
+    return arrays
+
+
+def _write_cache(path: Path, key: Mapping[str, Any], arrays: _SourceArrays) -> None:
+    """Write atomically: a temporary file in the same folder, fsync, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = json.dumps({"key": key, "checksum": _checksum(arrays)}, sort_keys=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(
+                f,
+                images=arrays.images,
+                alphabets=np.array([a for a, _ in arrays.characters], dtype=str),
+                characters=np.array([c for _, c in arrays.characters], dtype=str),
+                files=arrays.files,
+                meta=np.array(meta),
+            )
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename durable where the platform allows it
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def load_source(
+    source: PathLike,
+    *,
+    center: bool = True,
+    size: int = IMAGE_SIZE,
+    cache: bool = True,
+    cache_dir: PathLike | None = None,
+) -> tuple[np.ndarray, list[tuple[str, str]], np.ndarray]:
+    """Decode (or read from the cache) one Omniglot source.
+
+    Args:
+        source: a zip file or a folder in the Omniglot layout.
+        center, size: preprocessing settings, see :func:`preprocess`.
+        cache: read and write the cache; ``False`` always decodes.
+        cache_dir: folder of the cache files (default :func:`default_cache_dir`).
+
+    Returns:
+        ``(images, characters, files)``: (C, D, size, size) float32 images, the
+        ``(alphabet, character)`` names sorted, and the (C, D) PNG file names.
+
+    Raises:
+        FileNotFoundError: when ``source`` does not exist.
+        ValueError: naming the file when a source has no Omniglot layout or a PNG is bad.
+    """
+    layout = _scan(Path(source))
+    if not cache:
+        arrays = _decode_layout(layout, center, size)
+        return arrays.images, arrays.characters, arrays.files
+    key = _source_key(layout, center, size)
+    path = _cache_path(
+        Path(cache_dir) if cache_dir is not None else default_cache_dir(), layout, key
+    )
+    if path.exists():
+        try:
+            arrays = _read_cache(path, key)
+        except Exception as err:  # unreadable, truncated, stale: rebuild, never use
+            warnings.warn(
+                f"rebuilding invalid Omniglot cache {path}: {type(err).__name__}: {err}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        else:
+            return arrays.images, arrays.characters, arrays.files
+    arrays = _decode_layout(layout, center, size)
+    try:
+        _write_cache(path, key, arrays)
+    except OSError as err:  # a read-only or full disk costs the cache, not the data
+        warnings.warn(f"could not write Omniglot cache {path}: {err}", RuntimeWarning, stacklevel=3)
+    return arrays.images, arrays.characters, arrays.files
+
+
+# --------------------------------------------------------------------------------------------
+# the data set
+# --------------------------------------------------------------------------------------------
+
+
+def _make_rng(seed: int | None, rng: np.random.Generator | None) -> np.random.Generator:
+    if rng is not None and seed is not None:
+        raise ValueError("give seed or rng, not both")
+    return rng if rng is not None else np.random.default_rng(seed)
+
+
+class Omniglot:
+    """Omniglot characters, with rotated copies as extra classes, and a task sampler.
+
+    Args:
+        sources: one or several zip files / folders in the Omniglot layout. A character
+            (by alphabet and character name) found in several sources is kept once, from the
+            first source holding it, e.g. the Greek and Latin shared by
+            ``images_background_small1`` and ``images_background_small2``.
+        rotations: quarter turns (``np.rot90``'s k) that make classes; ``(0,)`` for none.
+        center: centre each image's ink before resizing (see :func:`preprocess`).
+        image_size: side of the stored images.
+        cache: use the per-source ``.npz`` cache.
+        cache_dir: cache folder (default ``$TINYMETA_CACHE`` or ``~/.cache/tinymeta``).
+
+    Attributes:
+        images: (n_characters, n_drawers, image_size, image_size) float32, ink 1.0.
+        characters: ``(alphabet, character)`` of each row of ``images``, sorted.
+        files: (n_characters, n_drawers) PNG file names.
+        rotations: the rotations; class ``c`` is character ``c // len(rotations)`` turned
+            by ``rotations[c % len(rotations)]`` quarter turns.
+        center: whether the images were centred (None when built from arrays without it).
+    """
+
+    def __init__(
+        self,
+        sources: PathLike | Sequence[PathLike],
+        *,
+        rotations: Sequence[int] = (0, 1, 2, 3),
+        center: bool = True,
+        image_size: int = IMAGE_SIZE,
+        cache: bool = True,
+        cache_dir: PathLike | None = None,
+    ) -> None:
+        if isinstance(sources, (str, os.PathLike)):
+            sources = [sources]
+        if not sources:
+            raise ValueError("no Omniglot sources given")
+        seen: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        for src in sources:
+            imgs, chars, files = load_source(
+                src, center=center, size=image_size, cache=cache, cache_dir=cache_dir
+            )
+            for i, name in enumerate(chars):
+                if name not in seen:
+                    seen[name] = (imgs[i], files[i])
+        names = sorted(seen)
+        drawers = {seen[n][0].shape[0] for n in names}
+        if len(drawers) != 1:
+            raise ValueError(f"sources disagree on the number of drawings per character: {drawers}")
+        images = np.stack([seen[n][0] for n in names])
+        files = np.stack([seen[n][1] for n in names])
+        self._set(images, names, files, rotations)
+        self.center = center
+
+    # construction helpers ------------------------------------------------------------------
+
+    def _set(
+        self,
+        images: np.ndarray,
+        characters: Sequence[tuple[str, str]],
+        files: np.ndarray | None,
+        rotations: Sequence[int],
+    ) -> None:
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[2] != images.shape[3]:
+            raise ValueError(f"images must be (C, D, S, S), got {images.shape}")
+        if len(characters) != images.shape[0]:
+            raise ValueError("one (alphabet, character) name per character is needed")
+        rot = tuple(int(r) % 4 for r in rotations)
+        if not rot or len(set(rot)) != len(rot):
+            raise ValueError(f"rotations must be distinct quarter turns, got {rotations!r}")
+        self.images = images
+        self.characters = [(str(a), str(c)) for a, c in characters]
+        self.files = (
+            np.asarray(files, dtype=str)
+            if files is not None
+            else np.full(images.shape[:2], "", dtype=str)
+        )
+        self.rotations = rot
+        self._rot = np.asarray(rot, dtype=np.int64)
+        self._table: np.ndarray | None = None
+
+    @classmethod
+    def from_arrays(
+        cls,
+        images: np.ndarray,
+        characters: Sequence[tuple[str, str]],
+        *,
+        rotations: Sequence[int] = (0, 1, 2, 3),
+        files: np.ndarray | None = None,
+        center: bool | None = None,
+    ) -> Omniglot:
+        """Build a data set from preprocessed (C, D, S, S) images and their names.
+
+        ``center`` records how the images were preprocessed (None: unknown).
+        """
+        obj = cls.__new__(cls)
+        obj._set(images, characters, files, rotations)
+        obj.center = center
+        return obj
+
+    def _view(self, rows: np.ndarray, rotations: Sequence[int] | None = None) -> Omniglot:
+        obj = Omniglot.from_arrays(
+            self.images[rows],
+            [self.characters[i] for i in rows],
+            rotations=self.rotations if rotations is None else rotations,
+            files=self.files[rows],
+            center=self.center,
+        )
+        return obj
+
+    # properties -------------------------------------------------------------------------
+
+    @property
+    def alphabets(self) -> list[str]:
+        """Sorted names of the alphabets present."""
+        return sorted({a for a, _ in self.characters})
+
+    @property
+    def num_characters(self) -> int:
+        """Number of distinct characters (before rotation)."""
+        return self.images.shape[0]
+
+    @property
+    def num_drawers(self) -> int:
+        """Drawings per character (20 for Omniglot)."""
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        """Side of the images."""
+        return self.images.shape[2]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes: characters times rotations."""
+        return self.num_characters * len(self.rotations)
+
+    def __len__(self) -> int:
+        return self.num_classes
+
+    def __repr__(self) -> str:
+        return (
+            f"Omniglot({len(self.alphabets)} alphabets, {self.num_characters} characters x "
+            f"{len(self.rotations)} rotations = {self.num_classes} classes, "
+            f"{self.num_drawers} drawings, {self.image_size}x{self.image_size})"
+        )
+
+    # classes ----------------------------------------------------------------------------
+
+    def class_info(self, c: int) -> tuple[str, str, int]:
+        """``(alphabet, character, quarter_turns)`` of class ``c``."""
+        if not 0 <= c < self.num_classes:
+            raise IndexError(f"class {c} out of range [0, {self.num_classes})")
+        alpha, char = self.characters[c // len(self.rotations)]
+        return alpha, char, self.rotations[c % len(self.rotations)]
+
+    def class_images(self, c: int) -> np.ndarray:
+        """The (D, S, S) images of class ``c``, rotated."""
+        _, _, k = self.class_info(c)
+        return np.ascontiguousarray(np.rot90(self.images[c // len(self.rotations)], k, (1, 2)))
+
+    # splits -------------------------------------------------------------------------------
+
+    def subset(self, alphabets: Iterable[str], rotations: Sequence[int] | None = None) -> Omniglot:
+        """A copy holding only the characters of ``alphabets`` (all must be present)."""
+        wanted = set(alphabets)
+        unknown = wanted - set(self.alphabets)
+        if unknown:
+            raise ValueError(f"unknown alphabets: {sorted(unknown)}")
+        rows = np.array([i for i, (a, _) in enumerate(self.characters) if a in wanted], dtype=int)
+        return self._view(rows, rotations)
+
+    def split(
+        self, val_alphabets: Iterable[str], val_rotations: Sequence[int] | None = None
+    ) -> tuple[Omniglot, Omniglot]:
+        """Split by alphabet: ``(rest, val)`` where ``val`` holds exactly ``val_alphabets``.
+
+        No character is in both parts. ``val_rotations`` (default: the same rotations) sets
+        the rotations of the held-out part.
+        """
+        val_set = set(val_alphabets)
+        val = self.subset(val_set, val_rotations)
+        rest = [a for a in self.alphabets if a not in val_set]
+        if not rest:
+            raise ValueError("the split leaves no alphabets outside val_alphabets")
+        return self.subset(rest), val
+
+    def with_rotations(self, rotations: Sequence[int]) -> Omniglot:
+        """The same characters with other rotation classes."""
+        return self._view(np.arange(self.num_characters), rotations)
+
+    # sampling -----------------------------------------------------------------------------
+
+    #: Largest rotated copy of the images (bytes) that :meth:`sample` keeps for speed; above
+    #: it, sampling rotates on the fly (about three times slower per image).
+    max_table_bytes: int = 512 * 2**20
+
+    def _class_table(self) -> np.ndarray | None:
+        """(num_classes * num_drawers, S, S) images of every class, built on first use."""
+        table = getattr(self, "_table", None)
+        if table is None and len(self.rotations) * self.images.nbytes <= self.max_table_bytes:
+            if self.rotations == (0,):
+                table = self.images
+            else:
+                table = np.stack([np.rot90(self.images, k, axes=(2, 3)) for k in self.rotations], 1)
+            table = table.reshape(-1, self.image_size, self.image_size)
+            self._table = table
+        return table
+
+    def _gather(self, classes: np.ndarray, drawers: np.ndarray) -> np.ndarray:
+        """Rotated images of (classes, drawers), both shape (B, M) -> (B, M, S, S)."""
+        s = self.image_size
+        table = self._class_table()
+        if table is not None:  # one row gather: class c's drawings are rows c*D .. c*D+D-1
+            out = table[(classes * self.num_drawers + drawers).ravel()]
+            return out.reshape(*classes.shape, s, s)
+        n_rot = len(self.rotations)
+        flat = self.images.reshape(-1, s, s)
+        rows = ((classes // n_rot) * self.num_drawers + drawers).ravel()
+        turns = self._rot[classes % n_rot].ravel()
+        out = np.empty((rows.size, s, s), dtype=np.float32)
+        for k in np.unique(turns):  # at most four groups, each a block gather
+            sel = np.flatnonzero(turns == k)
+            block = flat[rows[sel]]
+            out[sel] = np.rot90(block, int(k), axes=(1, 2)) if k else block
+        return out.reshape(*classes.shape, s, s)
+
+    def sample(
+        self,
+        num_tasks: int,
+        ways: int,
+        shots: int,
+        queries: int,
+        *,
+        seed: int | None = None,
+        rng: np.random.Generator | None = None,
+        flatten: bool = True,
+        augment: bool | Mapping[str, float] = False,
+    ) -> TaskBatch:
+        """Draw ``num_tasks`` N-way K-shot classification tasks.
+
+        For each task ``ways`` distinct classes are drawn; label ``j`` of task ``b`` is class
+        ``params[b, j]``, so the class-to-label mapping is a fresh random permutation per task.
+        Each class gets ``shots`` support and ``queries`` query images from distinct drawers;
+        the points of each set are in random order.
+
+        Args:
+            num_tasks: B.
+            ways, shots, queries: N, K and Q.
+            seed, rng: a seed or a Generator (not both); same seed, same batch.
+            flatten: x of shape (B, N*K, S*S) if True, else (B, N*K, S, S).
+            augment: apply :func:`augment` to the images (True for its defaults, or a mapping
+                of its keyword arguments). Off by default.
+
+        Returns:
+            ``TaskBatch(support_x, support_y, query_x, query_y, params)`` with float32 x,
+            int64 y in ``0..ways-1`` and ``params`` the (B, N) int64 class indices.
+        """
+        gen = _make_rng(seed, rng)
+        b, n, k, q = int(num_tasks), int(ways), int(shots), int(queries)
+        if b < 1 or n < 1 or k < 1 or q < 0:
+            raise ValueError("need num_tasks >= 1, ways >= 1, shots >= 1, queries >= 0")
+        if n > self.num_classes:
+            raise ValueError(f"{n}-way tasks need {n} classes, the data set has {self.num_classes}")
+        if k + q > self.num_drawers:
+            raise ValueError(f"shots + queries = {k + q} > {self.num_drawers} drawings per class")
+        all_classes = np.broadcast_to(
+            np.arange(self.num_classes, dtype=np.int64), (b, self.num_classes)
+        )
+        classes = gen.permuted(all_classes, axis=1)[:, :n]
+        all_drawers = np.broadcast_to(np.arange(self.num_drawers), (b, n, self.num_drawers))
+        drawers = gen.permuted(all_drawers, axis=2)[:, :, : k + q]
+
+        def one_set(start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+            m = n * count
+            order = gen.permuted(np.broadcast_to(np.arange(m), (b, m)), axis=1)
+            labels = order // count  # point i shows label labels[i] ...
+            slot = start + order % count  # ... drawn by the slot-th drawer picked for it
+            drw = drawers[np.arange(b)[:, None], labels, slot]
+            x = self._gather(np.take_along_axis(classes, labels, axis=1), drw)
+            return x, labels.astype(np.int64)
+
+        sx, sy = one_set(0, k)
+        if q:
+            qx, qy = one_set(k, q)
+        else:
+            s = self.image_size
+            qx, qy = np.empty((b, 0, s, s), np.float32), np.empty((b, 0), np.int64)
+        if augment:
+            kwargs = dict(augment) if isinstance(augment, Mapping) else {}
+            sx = _augment_images(sx, gen, **kwargs)
+            qx = _augment_images(qx, gen, **kwargs)
+        if flatten:
+            sx = sx.reshape(b, n * k, -1)
+            qx = qx.reshape(b, n * q, -1)
+        return TaskBatch(sx, sy, qx, qy, classes)
+
+
+# --------------------------------------------------------------------------------------------
+# augmentation
+# --------------------------------------------------------------------------------------------
+
+
+def _augment_images(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    max_shift: float = 2.0,
+    max_scale: float = 0.1,
+    max_shear: float = 0.1,
+    max_rotation: float = 0.0,
+) -> np.ndarray:
+    arr = np.asarray(images, dtype=np.float32)
+    if arr.ndim < 2:
+        raise ValueError(f"need (..., H, W) images, got shape {arr.shape}")
+    lead, (h, w) = arr.shape[:-2], arr.shape[-2:]
+    flat = arr.reshape(-1, h * w)
+    m = flat.shape[0]
+    if m == 0:
+        return arr.copy()
+    shift = rng.uniform(-max_shift, max_shift, size=(m, 2))
+    scale = rng.uniform(1.0 - max_scale, 1.0 + max_scale, size=(m, 2))
+    shear = rng.uniform(-max_shear, max_shear, size=m)
+    angle = np.deg2rad(rng.uniform(-max_rotation, max_rotation, size=m))
+    # forward map on centred (y, x): p' = R(angle) @ Shear @ Scale @ p + shift
+    cos, sin = np.cos(angle), np.sin(angle)
+    rot = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
+    shr = np.zeros((m, 2, 2))
+    shr[:, 0, 0] = shr[:, 1, 1] = 1.0
+    shr[:, 1, 0] = shear  # x' = x + shear * y
+    sc = np.zeros((m, 2, 2))
+    sc[:, 0, 0], sc[:, 1, 1] = scale[:, 0], scale[:, 1]
+    inv = np.linalg.inv(rot @ shr @ sc).astype(np.float32)  # output pixel -> source position
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    gy = (np.arange(h, dtype=np.float32) - cy).repeat(w)[None, :]  # (1, h*w) centred rows
+    gx = np.tile(np.arange(w, dtype=np.float32) - cx, h)[None, :]
+    ty, tx = shift[:, :1].astype(np.float32), shift[:, 1:].astype(np.float32)
+    dy, dx = gy - ty, gx - tx  # (m, h*w)
+    # source positions, clipped to the zero border of a padded copy (1 before, 2 after)
+    sy = np.clip(inv[:, 0, :1] * dy + inv[:, 0, 1:] * dx + cy, -1.0, float(h))
+    sx = np.clip(inv[:, 1, :1] * dy + inv[:, 1, 1:] * dx + cx, -1.0, float(w))
+    y0, x0 = np.floor(sy), np.floor(sx)
+    fy, fx = sy - y0, sx - x0
+    wp = w + 3
+    padded = np.zeros((m, h + 3, wp), dtype=np.float32)
+    padded[:, 1 : h + 1, 1 : w + 1] = flat.reshape(m, h, w)
+    base = (np.arange(m) * ((h + 3) * wp))[:, None] + (y0.astype(np.int64) + 1) * wp
+    base += x0.astype(np.int64) + 1
+    src = padded.ravel()
+    top = src[base] * (1 - fx) + src[base + 1] * fx
+    bottom = src[base + wp] * (1 - fx) + src[base + wp + 1] * fx
+    out = top * (1 - fy) + bottom * fy
+    return out.reshape(*lead, h, w)
+
+
+def augment(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    max_shift: float = 2.0,
+    max_scale: float = 0.1,
+    max_shear: float = 0.1,
+    max_rotation: float = 0.0,
+) -> np.ndarray:
+    """Random small affine distortions, one independent draw per image (numpy only).
+
+    Each image gets a shift uniform in ``[-max_shift, max_shift]`` pixels per axis, a scale
+    uniform in ``[1 - max_scale, 1 + max_scale]`` per axis, a shear ``x += s * y`` with ``s``
+    uniform in ``[-max_shear, max_shear]`` and a rotation uniform in
+    ``[-max_rotation, max_rotation]`` degrees, about the image centre; pixels are resampled
+    bilinearly with zero outside.
+
+    Args:
+        images: (..., H, W) float images.
+        rng: the Generator to draw the distortions from.
+
+    Returns:
+        float32 array of the same shape.
+    """
+    return _augment_images(
+        images,
+        rng,
+        max_shift=max_shift,
+        max_scale=max_scale,
+        max_shear=max_shear,
+        max_rotation=max_rotation,
+    )
+
+
+def augment_batch(batch: TaskBatch, rng: np.random.Generator, **kwargs: float) -> TaskBatch:
+    """Apply :func:`augment` to the support and query images of a batch.
+
+    Works on flattened (B, M, S*S) inputs (square images) as well as (B, M, S, S) ones.
+    """
+
+    def one(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim == 3:
+            side = int(round(np.sqrt(x.shape[-1])))
+            if side * side != x.shape[-1]:
+                raise ValueError(f"flattened images of size {x.shape[-1]} are not square")
+            return _augment_images(x.reshape(*x.shape[:-1], side, side), rng, **kwargs).reshape(
+                x.shape
+            )
+        return _augment_images(x, rng, **kwargs)
+
+    return batch._replace(support_x=one(batch.support_x), query_x=one(batch.query_x))
