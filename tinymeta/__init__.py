@@ -53,12 +53,13 @@ from .ops import (
     vdot,
     where,
 )
-from .tape import Primitive, defvjp, defvjp_argnum, primitive
+from .tape import Primitive, defjvp, defjvp_all, defvjp, defvjp_argnum, primitive
 from .tensor import Tensor
 from .transforms import (
     grad,
     hessian,
     hvp,
+    hvp_rev,
     jacobian,
     jvp,
     make_tape,

@@ -1,7 +1,9 @@
 """Every primitive: its forward, and right under it its VJP rule.
 
 A rule ``rule(g, ans, *args, **params)`` maps the output cotangent ``g`` to the
-cotangent of one argument. Rules are written only in tinymeta ops, never raw
+cotangent of one argument. Beside it, a JVP rule ``rule(t, ans, *args, **params)``
+maps one argument's tangent ``t`` to the output's (forward mode: ``jvp``, and
+``hvp`` as forward over reverse). Rules are written only in tinymeta ops, never raw
 arrays, so a backward sweep run under an outer transform is itself recorded
 and higher orders hold by construction. Binary rules undo NumPy broadcasting
 visibly with :func:`unbroadcast`.
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .tape import Primitive, defvjp, defvjp_argnum
+from .tape import Primitive, defjvp, defjvp_all, defvjp, defvjp_argnum
 from .tensor import Tensor
 
 # ---- helpers ------------------------------------------------------------------------
@@ -54,6 +56,12 @@ def _kept_shape(in_shape: tuple, axes: tuple) -> tuple:
     return tuple(1 if i in axes else s for i, s in enumerate(in_shape))
 
 
+def _zeros_like_value(x: Any) -> Any:
+    from .kernels import get_backend
+
+    return get_backend().zeros(shape(x), x.dtype)
+
+
 def unbroadcast(g: Any, target: tuple) -> Any:
     """Undo NumPy broadcasting: sum ``g`` down to the shape ``target`` it was broadcast from."""
     gshape = shape(g)
@@ -79,24 +87,29 @@ add = Primitive("add", kernel="add")
 defvjp(add,
        lambda g, ans, x, y: unbroadcast(g, shape(x)),
        lambda g, ans, x, y: unbroadcast(g, shape(y)))
+defjvp(add, lambda t, ans, x, y: t, lambda t, ans, x, y: t)
 
 subtract = Primitive("subtract", kernel="subtract")
 defvjp(subtract,
        lambda g, ans, x, y: unbroadcast(g, shape(x)),
        lambda g, ans, x, y: unbroadcast(negative(g), shape(y)))
+defjvp(subtract, lambda t, ans, x, y: t, lambda t, ans, x, y: negative(t))
 
 multiply = Primitive("multiply", kernel="multiply")
 defvjp(multiply,
        lambda g, ans, x, y: unbroadcast(g * y, shape(x)),
        lambda g, ans, x, y: unbroadcast(g * x, shape(y)))
+defjvp(multiply, lambda t, ans, x, y: t * y, lambda t, ans, x, y: x * t)
 
 divide = Primitive("divide", kernel="true_divide")
 defvjp(divide,
        lambda g, ans, x, y: unbroadcast(g / y, shape(x)),
        lambda g, ans, x, y: unbroadcast(negative(g) * ans / y, shape(y)))
+defjvp(divide, lambda t, ans, x, y: t / y, lambda t, ans, x, y: negative(t) * ans / y)
 
 negative = Primitive("negative", kernel="negative")
 defvjp(negative, lambda g, ans, x: negative(g))
+defjvp(negative, lambda t, ans, x: negative(t))
 
 
 def _vjp_power_base(g, ans, x, y):
@@ -118,6 +131,10 @@ def _vjp_power_exponent(g, ans, x, y):
 
 power = Primitive("power", kernel="power")
 defvjp(power, _vjp_power_base, _vjp_power_exponent)
+defjvp(power,  # elementwise, so the VJP rules without the unbroadcast are the JVP rules
+       lambda t, ans, x, y: _vjp_power_base(t, ans, x, y) if shape(t) == shape(ans)
+       else _vjp_power_base(broadcast_to(t, shape(ans)), ans, x, y),
+       lambda t, ans, x, y: t * log(where(equal(x, 0), 1.0, x)) * ans)
 
 
 # =====================================================================================
@@ -126,28 +143,36 @@ defvjp(power, _vjp_power_base, _vjp_power_exponent)
 
 exp = Primitive("exp", kernel="exp")
 defvjp(exp, lambda g, ans, x: g * ans)
+defjvp(exp, lambda t, ans, x: t * ans)
 
 log = Primitive("log", kernel="log")
 defvjp(log, lambda g, ans, x: g / x)
+defjvp(log, lambda t, ans, x: t / x)
 
 sqrt = Primitive("sqrt", kernel="sqrt")
 defvjp(sqrt, lambda g, ans, x: g * 0.5 / ans)
+defjvp(sqrt, lambda t, ans, x: t * 0.5 / ans)
 
 tanh = Primitive("tanh", kernel="tanh")
 defvjp(tanh, lambda g, ans, x: g * (1.0 - ans * ans))
+defjvp(tanh, lambda t, ans, x: t * (1.0 - ans * ans))
 
 sigmoid = Primitive("sigmoid", kernel="sigmoid")
 defvjp(sigmoid, lambda g, ans, x: g * ans * (1.0 - ans))
+defjvp(sigmoid, lambda t, ans, x: t * ans * (1.0 - ans))
 
 relu = Primitive("relu", kernel="relu")
 defvjp(relu, lambda g, ans, x: _relu_grad(g, x))
+defjvp(relu, lambda t, ans, x: _relu_grad(t, x))
 
 # ḡ · 1[x > 0] in one kernel (relu'(0) = 0); linear in ḡ, and zero derivative in x
 _relu_grad = Primitive("relu_grad", kernel="relu_grad")
 defvjp(_relu_grad, lambda g, ans, gin, x: _relu_grad(g, x), None)
+defjvp(_relu_grad, lambda t, ans, gin, x: _relu_grad(t, x), None)
 
 abs = Primitive("abs", kernel="absolute")  # noqa: A001
 defvjp(abs, lambda g, ans, x: g * sign(x))  # abs'(0) = 0
+defjvp(abs, lambda t, ans, x: t * sign(x))
 
 _maximum_share = Primitive("maximum_share", kernel="maximum_share", differentiable=False)
 
@@ -155,20 +180,31 @@ maximum = Primitive("maximum", kernel="maximum")
 defvjp(maximum,  # ties split 0.5 / 0.5
        lambda g, ans, x, y: unbroadcast(g * _maximum_share(x, y), shape(x)),
        lambda g, ans, x, y: unbroadcast(g * _maximum_share(y, x), shape(y)))
+defjvp(maximum,
+       lambda t, ans, x, y: t * _maximum_share(x, y),
+       lambda t, ans, x, y: t * _maximum_share(y, x))
 
 minimum = Primitive("minimum", kernel="minimum")
 defvjp(minimum,
        lambda g, ans, x, y: unbroadcast(g * _maximum_share(y, x), shape(x)),
        lambda g, ans, x, y: unbroadcast(g * _maximum_share(x, y), shape(y)))
+defjvp(minimum,
+       lambda t, ans, x, y: t * _maximum_share(y, x),
+       lambda t, ans, x, y: t * _maximum_share(x, y))
 
 where = Primitive("where", kernel="where")
 defvjp(where,
        None,  # the condition is not differentiable
        lambda g, ans, c, x, y: unbroadcast(where(c, g, 0.0), shape(x)),
        lambda g, ans, c, x, y: unbroadcast(where(c, 0.0, g), shape(y)))
+defjvp(where,
+       None,
+       lambda t, ans, c, x, y: where(c, t, 0.0),
+       lambda t, ans, c, x, y: where(c, 0.0, t))
 
 _astype = Primitive("astype", kernel="cast")
 defvjp(_astype, lambda g, ans, x, dtype: _astype(g, dtype=np.dtype(x.dtype)))
+defjvp(_astype, lambda t, ans, x, dtype: _astype(t, dtype=dtype))
 
 
 def astype(x: Any, dtype: Any) -> Any:
@@ -206,6 +242,7 @@ def _vjp_sum(g, ans, x, axis, keepdims):
 
 
 defvjp(_sum, _vjp_sum)
+defjvp(_sum, lambda t, ans, x, axis, keepdims: _sum(t, axis=axis, keepdims=keepdims))
 
 
 def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
@@ -237,6 +274,8 @@ def _vjp_amax(g, ans, x, axis, keepdims):
 
 
 defvjp(_amax, _vjp_amax)
+defjvp(_amax, lambda t, ans, x, axis, keepdims:
+       _sum(_vjp_amax(1.0, ans, x, axis, True) * t, axis=axis, keepdims=keepdims))
 
 
 def max(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
@@ -256,6 +295,9 @@ def _vjp_logsumexp(g, ans, x, axis, keepdims):
 
 
 defvjp(_logsumexp, _vjp_logsumexp)
+defjvp(_logsumexp, lambda t, ans, x, axis, keepdims:
+       _sum(t * exp(x - (ans if keepdims else _reshape(ans, shape=_kept_shape(shape(x), axis)))),
+            axis=axis, keepdims=keepdims))
 
 
 def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
@@ -267,6 +309,8 @@ def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
 _log_softmax = Primitive("log_softmax", kernel="log_softmax")
 defvjp(_log_softmax,
        lambda g, ans, x, axis: g - exp(ans) * _sum(g, axis=(axis,), keepdims=True))
+defjvp(_log_softmax,
+       lambda t, ans, x, axis: t - _sum(t * exp(ans), axis=(axis,), keepdims=True))
 
 
 def log_softmax(x: Any, axis: int = -1) -> Any:
@@ -285,6 +329,7 @@ def softmax(x: Any, axis: int = -1) -> Any:
 
 _reshape = Primitive("reshape", kernel="reshape")
 defvjp(_reshape, lambda g, ans, x, shape: _reshape(g, shape=tuple(x.shape)))
+defjvp(_reshape, lambda t, ans, x, shape: _reshape(t, shape=shape))
 
 
 def reshape(x: Any, newshape: Any) -> Any:
@@ -309,6 +354,7 @@ def reshape(x: Any, newshape: Any) -> Any:
 _transpose = Primitive("transpose", kernel="transpose")
 defvjp(_transpose,
        lambda g, ans, x, axes: _transpose(g, axes=tuple(int(i) for i in np.argsort(axes))))
+defjvp(_transpose, lambda t, ans, x, axes: _transpose(t, axes=axes))
 
 
 def transpose(x: Any, axes: Any = None) -> Any:
@@ -333,6 +379,7 @@ def swapaxes(x: Any, a: int, b: int) -> Any:
 
 _broadcast_to = Primitive("broadcast_to", kernel="broadcast_to")
 defvjp(_broadcast_to, lambda g, ans, x, shape: unbroadcast(g, tuple(x.shape)))
+defjvp(_broadcast_to, lambda t, ans, x, shape: _broadcast_to(t, shape=shape))
 
 
 def broadcast_to(x: Any, newshape: Any) -> Any:
@@ -379,6 +426,8 @@ _getitem = Primitive("getitem", kernel="getitem")
 _scatter_add = Primitive("scatter_add", kernel="scatter_add")
 defvjp(_getitem, lambda g, ans, x, index: _scatter_add(g, index=index, shape=tuple(x.shape)))
 defvjp(_scatter_add, lambda g, ans, x, index, shape: _getitem(g, index=index))
+defjvp(_getitem, lambda t, ans, x, index: _getitem(t, index=index))
+defjvp(_scatter_add, lambda t, ans, x, index, shape: _scatter_add(t, index=index, shape=shape))
 
 
 def _plain_index(index: Any) -> Any:
@@ -417,6 +466,14 @@ def _vjp_concatenate(argnum, g, ans, args, params):
 
 
 defvjp_argnum(_concatenate, _vjp_concatenate)
+
+
+def _jvp_concatenate(tangents, ans, args, params):
+    parts = [t if t is not None else _zeros_like_value(a) for t, a in zip(tangents, args)]
+    return _concatenate(*parts, axis=params["axis"])
+
+
+defjvp_all(_concatenate, _jvp_concatenate)
 
 
 def concatenate(xs: Any, axis: int = 0) -> Any:
@@ -476,6 +533,7 @@ def _vjp_matmul_1(g, ans, x, y):
 
 matmul = Primitive("matmul", kernel="matmul")
 defvjp(matmul, _vjp_matmul_0, _vjp_matmul_1)
+defjvp(matmul, lambda t, ans, x, y: matmul(t, y), lambda t, ans, x, y: matmul(x, t))
 
 
 def dot(x: Any, y: Any) -> Any:

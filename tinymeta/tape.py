@@ -47,7 +47,8 @@ class Primitive:
     backend by ``kernel`` name; user-defined ones (:func:`primitive`) bring it.
     """
 
-    __slots__ = ("name", "impl", "kernel", "vjps", "vjp_argnum", "differentiable")
+    __slots__ = ("name", "impl", "kernel", "vjps", "vjp_argnum", "jvps", "jvp_all",
+                 "differentiable")
 
     def __init__(self, name: str, impl: Callable | None = None, kernel: str | None = None,
                  differentiable: bool = True) -> None:
@@ -56,6 +57,8 @@ class Primitive:
         self.impl = impl
         self.vjps: tuple = ()
         self.vjp_argnum: Callable | None = None
+        self.jvps: tuple = ()
+        self.jvp_all: Callable | None = None
         self.differentiable = differentiable
         if kernel is not None:
             _builtin.append(self)
@@ -109,6 +112,23 @@ def defvjp(prim: Primitive, *rules: Callable | None) -> None:
 def defvjp_argnum(prim: Primitive, rule: Callable) -> None:
     """Register one VJP rule for every argument: ``rule(argnum, g, ans, args, params)``."""
     prim.vjp_argnum = rule
+
+
+def defjvp(prim: Primitive, *rules: Callable | None) -> None:
+    """Register JVP rules, one per positional argument (None: zero tangent from there).
+
+    A rule is ``rule(t, ans, *args, **params) -> the output's tangent from that
+    argument's tangent t`` (the contributions of several arguments are added).
+    With JVP rules, ``jvp`` runs in true forward mode and ``hvp`` runs forward
+    over reverse; a primitive without them is handled by transposing its VJP.
+    """
+    prim.jvps = tuple(rules)
+
+
+def defjvp_all(prim: Primitive, rule: Callable) -> None:
+    """Register one JVP rule for all arguments: ``rule(tangents, ans, args, params)``,
+    ``tangents[i]`` None where argument i carries none."""
+    prim.jvp_all = rule
 
 
 def primitive(fun: Callable, name: str | None = None) -> Primitive:
@@ -275,6 +295,104 @@ class GradTrace:
         finally:
             phase.name = saved_phase
         return [kept.get(i) for i in wanted]
+
+
+# ---- forward mode ----------------------------------------------------------------------
+
+class JVPTrace:
+    """Forward mode: every value carries a tangent (a dual number, one level down)."""
+
+    __slots__ = ("level", "tangents", "recording", "__weakref__")
+
+    def __init__(self) -> None:
+        self.level = next(_levels)
+        self.tangents: list[Any] = []
+        self.recording = True
+
+    def new(self, value: Any, tangent: Any) -> Tensor:
+        self.tangents.append(tangent)
+        return Tensor(value, self, len(self.tangents) - 1)
+
+    def tangent_of(self, x: Any) -> Any:
+        if type(x) is Tensor and x._trace is self:
+            return self.tangents[x._id]
+        return None
+
+    def process(self, prim: Primitive, args, params: dict) -> Any:
+        if not self.recording:
+            _escaped(prim)
+        vals = []
+        tans = []
+        for a in args:
+            if type(a) is Tensor and a._trace is self:
+                vals.append(a._value)
+                tans.append(self.tangents[a._id])
+            else:
+                vals.append(a)
+                tans.append(None)
+        out = bind(prim, vals, params)
+        if not prim.differentiable:
+            return out
+        if prim.jvp_all is not None:
+            t_out = prim.jvp_all(tans, out, vals, params)
+        elif prim.jvps:
+            t_out = None
+            rules = prim.jvps
+            for j, t in enumerate(tans):
+                if t is None:
+                    continue
+                rule = rules[j] if j < len(rules) else _missing_jvp(prim, j)
+                if rule is None:
+                    continue
+                c = rule(t, out, *vals, **params)
+                t_out = c if t_out is None else _add(t_out, c)
+        else:
+            t_out = _jvp_by_transposing_vjp(prim, vals, tans, params)
+        if t_out is None:
+            return out
+        out_shape = getattr(out, "shape", ())
+        if getattr(t_out, "shape", ()) != out_shape:
+            t_out = _broadcast(t_out, out_shape)
+        return self.new(out, t_out)
+
+
+def _missing_jvp(prim: Primitive, j: int) -> Any:
+    raise TypeError(f"{prim.name} has no JVP rule for argument {j}; register one with "
+                    "tm.defjvp")
+
+
+def _jvp_by_transposing_vjp(prim: Primitive, vals: list, tans: list, params: dict) -> Any:
+    """J t for a primitive with VJP rules only: the VJP is linear in its cotangent,
+    so J t is the VJP of (u ↦ Jᵀu), taken at u = 0, with cotangent t."""
+    from .transforms import vjp
+
+    active = [j for j, t in enumerate(tans) if t is not None]
+    idx = {j: k for k, j in enumerate(active)}
+
+    def f(*xs: Any) -> Any:
+        full = list(vals)
+        for j in active:
+            full[j] = xs[idx[j]]
+        return prim(*full, **params)
+
+    out, vjp_fn = vjp(f, *[vals[j] for j in active])
+    xp = kernels.get_backend()
+    zero = xp.zeros(getattr(out, "shape", ()), getattr(out, "dtype", None))
+    _, transpose_fn = vjp(vjp_fn, zero)
+    (t_out,) = transpose_fn(tuple(tans[j] for j in active))
+    return t_out
+
+
+def _add(a: Any, b: Any) -> Any:
+    from .ops import add
+
+    return add(a, b)
+
+
+def _broadcast(t: Any, shape: tuple) -> Any:
+    from .ops import broadcast_to
+
+    return broadcast_to(t, shape)
 
 
 # ---- the capture trace ----------------------------------------------------------------

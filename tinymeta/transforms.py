@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import kernels, ops
-from .tape import CaptureTrace, Eqn, GradTrace, Var, _var_name
+from .tape import CaptureTrace, Eqn, GradTrace, JVPTrace, Var, _var_name
 from .tensor import Tensor
 from .tree import tree_flatten, tree_unflatten
 
@@ -219,23 +219,40 @@ def grad(f: Callable, argnums: Any = 0, has_aux: bool = False) -> Callable:
 def jvp(f: Callable, primals: tuple, tangents: tuple) -> tuple:
     """Return ``(f(*primals), J·t)``: the directional derivative along ``tangents``.
 
-    How it is computed: reverse mode twice (the "linear transposition" trick).
-    ``u ↦ vjp_fn(u) = Jᵀu`` is linear in ``u``, so its own VJP with cotangent
-    ``t`` is ``(Jᵀ)ᵀ t = J t``. It costs about three evaluations of ``f``.
+    How it is computed: forward mode. Each primal leaf becomes a dual number
+    (value, tangent) on a ``JVPTrace``; every primitive maps the tangents of its
+    inputs to the tangent of its output with its JVP rule (``tm.defjvp``), beside
+    the forward computation, for about twice the cost of ``f``. A primitive that
+    has only VJP rules (a user primitive) gets its J·t by transposing its VJP.
     """
     primals, tangents = tuple(primals), tuple(tangents)
     if len(primals) != len(tangents):
         raise ValueError(f"jvp: {len(primals)} primals but {len(tangents)} tangents")
+    trace = JVPTrace()
+    boxed = []
     for i, (p, t) in enumerate(zip(primals, tangents)):
         pl, pd = tree_flatten(p)
         tl, td = tree_flatten(t)
         if pd != td or any(ops.shape(a) != ops.shape(b) for a, b in zip(pl, tl)):
             raise ValueError(f"jvp: tangent {i} does not match the shapes of primal {i}")
-    out, vjp_fn = vjp(f, *primals)
-    u0 = _tree_zeros(out)
-    _, transpose_fn = vjp(vjp_fn, u0)
-    (t_out,) = transpose_fn(tangents)
-    return out, t_out
+        leaves = []
+        for a, b in zip(pl, tl):
+            a = _as_primal(a, "jvp", i)
+            leaves.append(trace.new(a, _as_cotangent(b, a)))
+        boxed.append(tree_unflatten(pd, leaves))
+    try:
+        out = f(*boxed)
+    finally:
+        trace.recording = False
+    out_leaves, out_def = tree_flatten(out)
+    vals, tans = [], []
+    for o in out_leaves:
+        v = _unbox(o, trace)
+        t = trace.tangent_of(o)
+        vals.append(v)
+        tans.append(_zeros_like(v) if t is None and hasattr(v, "shape") else
+                    (0.0 * v if t is None else t))
+    return tree_unflatten(out_def, vals), tree_unflatten(out_def, tans)
 
 
 def _tree_zeros(tree: Any) -> Any:
@@ -256,12 +273,26 @@ def _tree_vdot(a: Any, b: Any) -> Any:
 
 
 def hvp(f: Callable, primals: tuple, tangents: tuple) -> Any:
-    """Hessian-vector product: H·v = ∇⟨∇f(x), v⟩ (reverse over reverse).
+    """Hessian-vector product H·v = ∂/∂ε ∇f(x + εv) at ε = 0: forward over reverse.
 
     Equals JAX's ``jvp(grad(f), primals, tangents)[1]``: the derivative of the
     gradient with respect to the first argument along all the tangents,
-    Σ_i ∂²f/∂x₀∂x_i · v_i, computed by symmetry of second derivatives as the
-    gradient in x₀ of Σ_i ⟨∂f/∂x_i, v_i⟩. For one primal, a pytree like it.
+    Σ_i ∂²f/∂x₀∂x_i · v_i. The reverse sweep of ``grad`` runs on dual numbers,
+    so H·v costs about two gradients (reverse over reverse, ∇⟨∇f(x), v⟩, costs
+    about three; :func:`hvp_rev` computes it that way). For one primal, a pytree
+    like it.
+    """
+    primals, tangents = tuple(primals), tuple(tangents)
+    if len(primals) != len(tangents):
+        raise ValueError(f"hvp: {len(primals)} primals but {len(tangents)} tangents")
+    return jvp(grad(f, argnums=0), primals, tangents)[1]
+
+
+def hvp_rev(f: Callable, primals: tuple, tangents: tuple) -> Any:
+    """H·v = ∇⟨∇f(x), v⟩, reverse over reverse (the same numbers as :func:`hvp`).
+
+    By symmetry of second derivatives, the JVP of ∇₀f along all tangents is
+    the gradient in x₀ of Σ_i ⟨∂f/∂x_i, v_i⟩.
     """
     primals, tangents = tuple(primals), tuple(tangents)
     n = len(primals)
