@@ -359,7 +359,8 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = Tru
         with open(log_path, "a") as log:
             for it in range(start + 1, end + 1):
                 batch = setup.sample(rng, cfg.meta_batch, cfg.shots, cfg.query)
-                grads, info = meta_gradient(cfg, setup, model, batch)
+                with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+                    grads, info = meta_gradient(cfg, setup, model, batch)
                 if not tree_is_finite(grads):
                     if not cfg.skip_nonfinite:
                         raise TrainingError(
