@@ -148,3 +148,39 @@ def matmul(x, y):
         # a batch of inputs against one matrix: one GEMM on the stacked rows
         return np.matmul(x.reshape(-1, x.shape[-1]), y).reshape(x.shape[:-1] + y.shape[-1:])
     return np.matmul(x, y)
+
+
+# ---- fused kernels (reference versions) ------------------------------------------------
+def linear(x, W, b):
+    """x W + b."""
+    z = matmul(x, W)
+    z += b
+    return z
+
+
+def linear_relu(x, W, b):
+    """relu(x W + b)."""
+    z = matmul(x, W)
+    z += b
+    np.maximum(z, 0, out=z)
+    return z
+
+
+def sq_err_mean(p, y):
+    """Per-task mean of (p − y)² over all axes but the first."""
+    d = p - y
+    d *= d
+    return np.add.reduce(d.reshape(d.shape[0], -1), axis=1) / (d.size // d.shape[0])
+
+
+def sq_err_mean_grad(g, p, y):
+    """g[:, None, ...] · 2 (p − y) / n: the VJP of sq_err_mean with respect to p."""
+    n = p.size // p.shape[0]
+    d = p - y
+    d *= (2.0 / n) * g.reshape(g.shape + (1,) * (p.ndim - 1))
+    return d
+
+
+def sub_scaled(x, d, scale):
+    """x − scale · d."""
+    return x - scale * d
