@@ -364,3 +364,15 @@ def test_algorithms_run_in_float32_and_keep_the_dtype():
                  meta.reptile(tanh_loss, params, batch, 0.1, 2),
                  meta.imaml(tanh_loss, params, batch, 0.1, 2, lam=1.0, cg_steps=3)]:
         assert all(a.dtype == np.float32 for a in g)
+
+
+@pytest.mark.parametrize("T", [1, 3])
+def test_hvp_chain_equals_unrolled_on_a_relu_network(backend, T):
+    params, batch = make_problem(B=4, K=4, sizes=(1, 8, 8, 1))
+
+    def relu_loss(p, x, y):
+        return nn.mse(nn.mlp(p, x), y)
+
+    g_u, _ = meta.maml(relu_loss, params, batch, 0.1, T)
+    g_c, _ = meta.maml(relu_loss, params, batch, 0.1, T, method="hvp_chain")
+    np.testing.assert_allclose(flat(g_c), flat(g_u), rtol=0, atol=1e-10)
