@@ -75,7 +75,7 @@ def _widths(text: str) -> tuple:
 # ---- train ------------------------------------------------------------------------------
 
 # settings that a resumed run may change; every other one must match config.json
-_RESUMABLE = {"iterations", "checkpoint_every", "log_every"}
+_RESUMABLE = {"iterations", "checkpoint_every", "log_every", "skip_nonfinite"}
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -287,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CLIError, _train.TrainingError, ValueError, FileNotFoundError) as e:
+    except (CLIError, _train.TrainingError, ValueError, OSError, ImportError) as e:
         print(f"tinymeta {args.command}: error: {e}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
