@@ -62,12 +62,15 @@ from .transforms import (
     hvp_rev,
     jacobian,
     jvp,
-    make_tape,
     tensor,
     value_and_grad,
     vjp,
 )
+from .compile import Compiled, Tape, compile, make_tape
 from .tree import ravel_pytree, tree_flatten, tree_leaves, tree_map, tree_unflatten
+
+from . import meta, nn, optim, tasks  # noqa: E402  (built on the engine above)
+from .io import load, save  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -69,14 +69,13 @@ def unbroadcast(g: Any, target: tuple) -> Any:
     if gshape == target:
         return g
     lead = len(gshape) - len(target)
-    axes = tuple(range(lead)) + tuple(
-        lead + i for i, s in enumerate(target) if s == 1 and gshape[lead + i] != 1
-    )
-    if axes:
-        g = _sum(g, axis=axes, keepdims=False)
-    if shape(g) != target:
-        g = _reshape(g, shape=target)
-    return g
+    ones = tuple(lead + i for i, s in enumerate(target) if s == 1 and gshape[lead + i] != 1)
+    if not ones:  # only leading axes to sum away
+        return _sum(g, axis=tuple(range(lead)), keepdims=False)
+    if not lead:  # only length-1 axes: keepdims leaves the target shape
+        return _sum(g, axis=ones, keepdims=True)
+    g = _sum(g, axis=tuple(range(lead)) + ones, keepdims=False)
+    return _reshape(g, shape=target)
 
 
 # =====================================================================================
@@ -384,17 +383,10 @@ defjvp(_broadcast_to, lambda t, ans, x, shape: _broadcast_to(t, shape=shape))
 
 def broadcast_to(x: Any, newshape: Any) -> Any:
     """``x`` broadcast to ``newshape`` (NumPy rules); the VJP sums back."""
-    newshape = tuple(int(s) for s in newshape)
-    old = shape(x)
-    if old == newshape:
+    newshape = tuple(newshape)
+    if shape(x) == newshape:
         return x
-    try:
-        np.broadcast_shapes(old, newshape)
-    except ValueError:
-        raise ValueError(f"broadcast_to: cannot broadcast shape {old} to {newshape}") from None
-    if np.broadcast_shapes(old, newshape) != newshape:
-        raise ValueError(f"broadcast_to: cannot broadcast shape {old} to {newshape}")
-    return _broadcast_to(x, shape=newshape)
+    return _broadcast_to(x, shape=newshape)  # a shape that does not fit raises, named
 
 
 def expand_dims(x: Any, axis: int) -> Any:
@@ -504,36 +496,54 @@ def stack(xs: Any, axis: int = 0) -> Any:
 
 
 def _vjp_matmul_0(g, ans, x, y):
-    """x̄ = ḡ yᵀ (batched: swapaxes(-1, -2)), summed over broadcast batch axes."""
+    """x̄ = ḡ yᵀ (batched: transposing the last two axes), summed over broadcast batch axes."""
     if ndim(y) == 1:
         gx = expand_dims(g, -1) * y
     elif ndim(x) == 1:
         gx = squeeze(matmul(y, expand_dims(g, -1)), -1)
     else:
-        gx = matmul(g, swapaxes(y, -1, -2))
+        gx = matmul_nt(g, y)
     return unbroadcast(gx, shape(x))
 
 
 def _vjp_matmul_1(g, ans, x, y):
-    """ȳ = xᵀ ḡ (batched: swapaxes(-1, -2)), summed over broadcast batch axes."""
+    """ȳ = xᵀ ḡ (batched: transposing the last two axes), summed over broadcast batch axes."""
     if ndim(y) == 2 and ndim(x) > 2:
         # a shared matrix under a batch of inputs: the sum over the batch is one GEMM
         n, m = shape(y)
-        return matmul(transpose(reshape(x, (-1, n))), reshape(g, (-1, m)))
+        return matmul_tn(reshape(x, (-1, n)), reshape(g, (-1, m)))
     if ndim(x) == 1 and ndim(y) == 1:
         gy = g * x
     elif ndim(x) == 1:
         gy = expand_dims(x, -1) * expand_dims(g, -2)
     elif ndim(y) == 1:
-        gy = squeeze(matmul(swapaxes(x, -1, -2), expand_dims(g, -1)), -1)
+        gy = squeeze(matmul_tn(x, expand_dims(g, -1)), -1)
     else:
-        gy = matmul(swapaxes(x, -1, -2), g)
+        gy = matmul_tn(x, g)
     return unbroadcast(gy, shape(y))
 
 
 matmul = Primitive("matmul", kernel="matmul")
 defvjp(matmul, _vjp_matmul_0, _vjp_matmul_1)
 defjvp(matmul, lambda t, ans, x, y: matmul(t, y), lambda t, ans, x, y: matmul(x, t))
+
+# The two transposed products the matmul rules need, as primitives of their own, so a
+# reverse sweep costs one call per product rather than a transpose and a product
+# (BLAS reads the transposed operand in place). Both operands have two or more axes.
+matmul_nt = Primitive("matmul_nt", kernel="matmul_nt")  # x yᵀ
+matmul_tn = Primitive("matmul_tn", kernel="matmul_tn")  # xᵀ y
+defvjp(matmul_nt,  # C = A Bᵀ: Ā = C̄ B, B̄ = C̄ᵀ A
+       lambda g, ans, x, y: unbroadcast(matmul(g, y), shape(x)),
+       lambda g, ans, x, y: unbroadcast(matmul_tn(g, x), shape(y)))
+defjvp(matmul_nt,
+       lambda t, ans, x, y: matmul_nt(t, y),
+       lambda t, ans, x, y: matmul_nt(x, t))
+defvjp(matmul_tn,  # C = Aᵀ B: Ā = B C̄ᵀ, B̄ = A C̄
+       lambda g, ans, x, y: unbroadcast(matmul_nt(y, g), shape(x)),
+       lambda g, ans, x, y: unbroadcast(matmul(x, g), shape(y)))
+defjvp(matmul_tn,
+       lambda t, ans, x, y: matmul_tn(t, y),
+       lambda t, ans, x, y: matmul_tn(x, t))
 
 
 def dot(x: Any, y: Any) -> Any:
@@ -560,13 +570,10 @@ def _check_linear(x: Any, W: Any, b: Any, op: str) -> None:
     if len(xs) < 1 or len(ws) < 2 or xs[-1] != ws[-2]:
         raise ValueError(f"{op}: x of shape {xs} and W of shape {ws} do not chain "
                          "(x's last axis must equal W's second-to-last)")
-    out = np.broadcast_shapes(xs[:-1], ws[:-2] + (1,)) + ws[-1:]
-    try:
-        ok = np.broadcast_shapes(bs, out) == out
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError(f"{op}: bias of shape {bs} does not broadcast to the output {out}")
+    if len(bs) > max(len(xs), len(ws)) or (bs and bs[-1] not in (1, ws[-1])):
+        raise ValueError(f"{op}: bias of shape {bs} does not broadcast to the output "
+                         f"of x {xs} and W {ws}")
+    # (a bias that broadcasts wrongly in a batch axis is caught by the kernel, named)
 
 
 _linear = Primitive("linear", kernel="linear")

@@ -51,8 +51,8 @@ class Tensor:
         """The array (read-only). Outside the derivative: use ops to keep it."""
         if self._captured():
             raise TypeError(
-                "Tensor.data of a value being captured by make_tape/compile would bake "
-                "this input's value into the tape; compute with tinymeta ops instead"
+                f"Tensor.data of a traced value at {_user_line()} while make_tape/compile "
+                "records would bake this value into the tape; compute with tinymeta ops"
             )
         v = self._raw()
         if self._trace is None:
@@ -89,13 +89,20 @@ class Tensor:
 
     # ---- refusing to drop the derivative ----
     def _refuse(self, what: str) -> None:
-        if self._trace is not None:
+        if self._trace is None:
+            return
+        if self._captured():
             raise TypeError(
-                f"{what} of a traced Tensor (shape {self.shape}) would silently drop its "
-                "derivative or bake its value into a tape: compute with tinymeta ops "
-                "(tm.where, tm.maximum, ...), or take tm.stop_gradient(x) for a value "
-                "outside the derivative"
+                f"{what} of a traced value (shape {self.shape}) at {_user_line()} while "
+                "make_tape/compile records: the tape would depend on data values. Write "
+                "the branch with tm.where, or keep this function out of tm.compile"
             )
+        raise TypeError(
+            f"{what} of a traced Tensor (shape {self.shape}) at {_user_line()} would "
+            "silently drop its derivative: compute with tinymeta ops (tm.where, "
+            "tm.maximum, ...), or take tm.stop_gradient(x) for a value outside the "
+            "derivative"
+        )
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         self._refuse("np.asarray")
@@ -175,6 +182,21 @@ class Tensor:
 
     @property
     def T(self): return _ops.transpose(self, None)
+
+
+def _user_line() -> str:
+    """file:line of the innermost stack frame outside the tinymeta package."""
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not path.startswith(here + os.sep):
+            return f"{path}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "<unknown>"
 
 
 from . import ops as _ops  # noqa: E402  (ops imports Tensor)

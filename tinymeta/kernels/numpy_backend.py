@@ -150,6 +150,19 @@ def matmul(x, y):
     return np.matmul(x, y)
 
 
+def matmul_nt(x, y):
+    """x @ yᵀ over the last two axes (both operands 2-D or more)."""
+    yt = np.swapaxes(y, -1, -2)
+    if yt.ndim == 2 and x.ndim > 2:
+        return np.matmul(x.reshape(-1, x.shape[-1]), yt).reshape(x.shape[:-1] + yt.shape[-1:])
+    return np.matmul(x, yt)
+
+
+def matmul_tn(x, y):
+    """xᵀ @ y over the last two axes (both operands 2-D or more)."""
+    return matmul(np.swapaxes(x, -1, -2), y)
+
+
 # ---- fused kernels (reference versions) ------------------------------------------------
 def linear(x, W, b):
     """x W + b."""

@@ -1,0 +1,310 @@
+"""The tape as a program: ``make_tape`` records it, ``compile`` replays it.
+
+``make_tape(f)(*args)`` runs ``f`` once under a :class:`~tinymeta.tape.CaptureTrace`,
+which records every primitive call on backend arrays (the forward pass and, under
+``grad``, the reverse sweep) as a flat list of equations on variables, like a jaxpr.
+
+``compile(f)`` records that program once per signature of its inputs (tree
+structure, shapes, dtypes, the values of Python scalars, the backend) and then
+replays it on fresh inputs as generated straight-line Python: one kernel call a
+line, no Tensor objects, no graph bookkeeping, each intermediate freed after its
+last use (``compiled.source(*args)`` shows the code). On the NumPy backend a replay
+gives the eager results bitwise: it makes the same kernel calls in the same order.
+
+What cannot be captured is refused rather than baked in: during capture,
+``bool()``, ``float()``, ``int()``, ``.item()``, ``.data`` and ``np.asarray`` of a
+traced value raise a TypeError naming the line, since a tape whose shape depends on
+data values would replay the wrong program. Values the function closes over and
+random numbers it draws are constants of the recorded program.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import kernels, ops
+from .tape import CaptureTrace, Eqn, Var, _var_name
+from .tensor import Tensor
+from .transforms import value_and_grad
+from .tree import tree_flatten, tree_unflatten
+
+_STATIC = (int, float, bool, complex, str, type(None), np.dtype)
+
+
+def _is_static(x: Any) -> bool:
+    return isinstance(x, _STATIC) or (isinstance(x, type))
+
+
+class Tape:
+    """A recorded program: inputs, one equation per primitive call, outputs.
+
+    ``print(tape)`` lists it one primitive a line with shapes and dtypes;
+    ``tape.replay(*args)`` runs the same calls on new inputs of the same
+    shapes and dtypes (Python scalars among the arguments are constants of the
+    program and are not replaced).
+    """
+
+    def __init__(self, invars: list, in_def: Any, static: dict, eqns: list, outs: list,
+                 out_def: Any) -> None:
+        self.invars, self.in_def, self.static = invars, in_def, static
+        self.eqns: list[Eqn] = eqns
+        self.outs, self.out_def = outs, out_def
+        self._fn: Callable | None = None
+        self._source: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.eqns)
+
+    def __str__(self) -> str:
+        lines = ["tape (" + ", ".join(_typed(v) for v in self.invars) + ")"]
+        current = None
+        for e in self.eqns:
+            if e.phase != current:
+                current = e.phase
+                lines.append(f"  {current}:")
+            args = " ".join(_show_in(a) for a in e.ins)
+            params = " ".join(f"{k}={_show_param(v)}" for k, v in e.params.items())
+            lines.append(f"    {_typed(e.out)} = {e.prim.name} {args}"
+                         + (f"  {params}" if params else ""))
+        lines.append("  returns (" + ", ".join(_show_in(o) for o in self.outs) + ")")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def _inputs(self, args: tuple) -> list:
+        leaves, _ = tree_flatten(args)
+        arrays = [x for i, x in enumerate(leaves) if i not in self.static]
+        if len(arrays) != len(self.invars):
+            raise ValueError(f"replay: expected {len(self.invars)} array inputs, "
+                             f"got {len(arrays)}")
+        for v, x in zip(self.invars, arrays):
+            xs = tuple(ops.shape(x))
+            xd = np.dtype(getattr(x, "dtype", type(x)))
+            if xs != v.shape or xd != np.dtype(v.dtype):
+                raise ValueError(f"replay: input {_var_name(v.id)} was recorded as {_typed(v)}; "
+                                 f"got {_short_dtype(xd)}{list(xs)}")
+        return arrays
+
+    def replay(self, *args: Any) -> Any:
+        """Run the recorded calls on new inputs (same shapes and dtypes); return the outputs."""
+        if self._fn is None:
+            self._fn, self._source = _generate(self)
+        return tree_unflatten(self.out_def, self._fn(*self._inputs(args)))
+
+    def source(self) -> str:
+        """The straight-line Python that :meth:`replay` runs."""
+        if self._source is None:
+            self._fn, self._source = _generate(self)
+        return self._source
+
+
+def _generate(tape: Tape) -> tuple[Callable, str]:
+    """Turn the equations into one Python function: a kernel call a line.
+
+    Dead equations (whose outputs reach no output) are dropped; each
+    intermediate is deleted after its last use, so memory follows liveness.
+    """
+    needed = {o.id for o in tape.outs if type(o) is Var}
+    live: list[Eqn] = []
+    for e in reversed(tape.eqns):
+        if e.out.id in needed:
+            live.append(e)
+            needed.update(a.id for a in e.ins if type(a) is Var)
+    live.reverse()
+    last_use: dict[int, int] = {}
+    for i, e in enumerate(live):
+        for a in e.ins:
+            if type(a) is Var:
+                last_use[a.id] = i
+    out_ids = {o.id for o in tape.outs if type(o) is Var}
+    env: dict[str, Any] = {}
+    counter = itertools.count()
+
+    def const(value: Any) -> str:
+        name = f"k{next(counter)}"
+        env[name] = value
+        return name
+
+    def name(v: Var) -> str:
+        return f"v{v.id}"  # (the printed names, a, b, …, can be Python keywords)
+
+    lines = ["def replay(" + ", ".join(name(v) for v in tape.invars) + "):"]
+    for i, e in enumerate(live):
+        fn = const(e.prim.impl)
+        args = [name(a) if type(a) is Var else (repr(a) if isinstance(a, (int, float, bool))
+                                                 and not isinstance(a, np.generic)
+                                                 else const(a)) for a in e.ins]
+        kw = [f"{k}={const(v)}" for k, v in e.params.items()]
+        lines.append(f"    {name(e.out)} = {fn}({', '.join(args + kw)})  # {e.prim.name}")
+        dead = [name(a) for a in {a.id: a for a in e.ins if type(a) is Var}.values()
+                if last_use[a.id] == i and a.id not in out_ids]
+        if dead:
+            lines.append(f"    del {', '.join(dead)}")
+    outs = [name(o) if type(o) is Var else const(o) for o in tape.outs]
+    lines.append(f"    return [{', '.join(outs)}]")
+    source = "\n".join(lines) + "\n"
+    scope: dict[str, Any] = dict(env)
+    exec(source, scope)  # noqa: S102  (our own generated code over our own kernels)
+    return scope["replay"], source
+
+
+def _short_dtype(dt: Any) -> str:
+    try:
+        d = np.dtype(dt)
+    except TypeError:
+        return str(dt)
+    return {"f": "f", "i": "i", "u": "u", "b": "bool", "c": "c"}.get(d.kind, d.kind) + (
+        str(d.itemsize * 8) if d.kind != "b" else "")
+
+
+def _typed(v: Var) -> str:
+    return f"{_var_name(v.id)}:{_short_dtype(v.dtype)}{list(v.shape)}"
+
+
+def _show_in(a: Any) -> str:
+    if type(a) is Var:
+        return _var_name(a.id)
+    if hasattr(a, "shape") and hasattr(a, "dtype"):
+        if a.shape == ():
+            return repr(a.item()) if hasattr(a, "item") else "const"
+        return f"const:{_short_dtype(a.dtype)}{list(a.shape)}"
+    return repr(a)
+
+
+def _show_param(v: Any) -> str:
+    if isinstance(v, np.dtype):
+        return _short_dtype(v)
+    if isinstance(v, tuple) and any(isinstance(i, (slice, np.ndarray)) for i in v):
+        return "[" + ", ".join(_show_index(i) for i in v) + "]"
+    return repr(v)
+
+
+def _show_index(i: Any) -> str:
+    if isinstance(i, slice):
+        return f"{'' if i.start is None else i.start}:{'' if i.stop is None else i.stop}" + (
+            "" if i.step is None else f":{i.step}")
+    if isinstance(i, np.ndarray):
+        return f"int{list(i.shape)}"
+    return repr(i)
+
+
+def _capture(fn: Callable, args: tuple) -> tuple[Tape, Any]:
+    """Run ``fn(*args)`` under a capture trace; return the tape and the result."""
+    trace = CaptureTrace()
+    leaves, in_def = tree_flatten(args)
+    boxed, invars, static = [], [], {}
+    for i, x in enumerate(leaves):
+        if _is_static(x):
+            static[i] = x
+            boxed.append(x)
+            continue
+        t = trace.new_input(_as_input(x))
+        invars.append(trace.vars[t._id])
+        boxed.append(t)
+    try:
+        out = fn(*tree_unflatten(in_def, boxed))
+    finally:
+        trace.recording = False
+    out_leaves, out_def = tree_flatten(out)
+    outs, values = [], []
+    for o in out_leaves:
+        if type(o) is Tensor and o._trace is trace:
+            outs.append(trace.vars[o._id])
+            values.append(o._value)
+        elif type(o) is Tensor and o._trace is not None and o._trace.level > trace.level:
+            raise ValueError("make_tape: a Tensor of an inner transform escaped it")
+        else:
+            outs.append(o)
+            values.append(o)
+    tape = Tape(invars, in_def, static, list(trace.eqns), outs, out_def)
+    return tape, tree_unflatten(out_def, values)
+
+
+def make_tape(f: Callable, backward: bool = False, argnums: Any = 0) -> Callable:
+    """Return a function that runs ``f`` and returns its recorded :class:`Tape`.
+
+    With ``backward=True`` the tape is that of ``value_and_grad(f, argnums)``:
+    the forward pass, then the reverse sweep, each primitive a line (as
+    ``jax.make_jaxpr`` shows a program). Python scalars among the arguments are
+    constants of the tape.
+    """
+    fn = value_and_grad(f, argnums) if backward else f
+
+    def taped(*args: Any) -> Tape:
+        return _capture(fn, args)[0]
+
+    return taped
+
+
+def _as_input(x: Any) -> Any:
+    if type(x) is Tensor:
+        if x._trace is not None:
+            raise TypeError("make_tape/compile: inputs must be arrays, not traced Tensors "
+                            "(compile the outermost function)")
+        return x._value
+    B = kernels.get_backend()
+    return x if isinstance(x, B.array_types) else B.asarray(x)
+
+
+def _signature(args: tuple) -> tuple:
+    leaves, treedef = tree_flatten(args)
+    sig = [kernels.backend_name(), treedef]
+    for x in leaves:
+        if _is_static(x):
+            sig.append(("static", type(x), x))
+        else:
+            sig.append((tuple(ops.shape(x)), str(np.dtype(getattr(x, "dtype", type(x))))))
+    return tuple(sig)
+
+
+class Compiled:
+    """``f`` recorded once per input signature and replayed (see :func:`compile`)."""
+
+    def __init__(self, f: Callable) -> None:
+        self.f = f
+        self.tapes: dict[tuple, Tape] = {}
+        self.__doc__ = getattr(f, "__doc__", None)
+        self.__name__ = getattr(f, "__name__", "compiled")
+
+    def __call__(self, *args: Any) -> Any:
+        sig = _signature(args)
+        tape = self.tapes.get(sig)
+        if tape is None:
+            tape, out = _capture(self.f, args)
+            self.tapes[sig] = tape
+            return out
+        return tape.replay(*args)
+
+    def tape(self, *args: Any) -> Tape:
+        """The tape recorded for these arguments' signature (recording it if need be)."""
+        sig = _signature(args)
+        if sig not in self.tapes:
+            self(*args)
+        return self.tapes[sig]
+
+    def source(self, *args: Any) -> str:
+        """The generated Python replayed for these arguments' signature."""
+        return self.tape(*args).source()
+
+
+def compile(f: Callable) -> Compiled:  # noqa: A001  (tm.compile, as jax.jit)
+    """Record ``f``'s tape once per input signature and replay it as a flat program.
+
+    The signature is the tree structure of the arguments, each array's shape and
+    dtype, the values of Python scalars and the backend: a change of any of these
+    records again. The first call runs ``f`` eagerly (recording as it goes) and
+    returns its result; later calls replay. A function whose tape depends on data
+    values (``if x.sum() > 0:``) is refused during the recording with a TypeError
+    naming the line. On the NumPy backend replays equal eager results bitwise.
+
+    Example::
+
+        step = tm.compile(lambda p, batch: tm.meta.maml(loss_fn, p, batch, 0.01, 1))
+        g, info = step(params, batch)      # records
+        g, info = step(params, batch2)     # replays
+    """
+    return Compiled(f)
