@@ -3,8 +3,10 @@ few-shot meta-learning (MAML, first-order MAML, Reptile, iMAML, Meta-SGD) on it.
 
 from __future__ import annotations
 
-from . import kernels
+from . import kernels, meta, nn, optim, tasks  # noqa: E402  (built on the engine above)
+from .compile import Compiled, Tape, compile, make_tape
 from .config import config
+from .io import load, save  # noqa: E402
 from .kernels import backend_name, get_backend, set_backend, use_backend
 from .ops import (
     abs,
@@ -66,11 +68,7 @@ from .transforms import (
     value_and_grad,
     vjp,
 )
-from .compile import Compiled, Tape, compile, make_tape
 from .tree import ravel_pytree, tree_flatten, tree_leaves, tree_map, tree_unflatten
-
-from . import meta, nn, optim, tasks  # noqa: E402  (built on the engine above)
-from .io import load, save  # noqa: E402
 
 __version__ = "0.1.0"
 
