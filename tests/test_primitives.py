@@ -397,15 +397,11 @@ def bound(spec: Spec, params: dict) -> Callable:
 # =====================================================================================
 
 
-# Known engine bugs (reported to the lead, each with a strict xfail reproducer below). In
-# the table-driven tests the rows they hit are marked non-strict: hypothesis finds some of
-# them in some draws only. Remove an entry once its fix lands.
-KNOWN_BUGS = {
-    "power": "the base JVP rule reuses the VJP rule, which sums t back to x's shape",
-    "max": "the JVP rule compares x with an unreshaped ans where keepdims=False",
-    "linear": "_check_linear calls max(len(xs), len(ws)), which is ops.max, not the builtin",
-    "linear_relu": "_check_linear calls max(len(xs), len(ws)), which is ops.max",
-}
+# Known engine bugs, each with a strict xfail reproducer below; in the table-driven tests the
+# rows they hit are marked non-strict (hypothesis finds some only in some draws). Empty now:
+# the six found while writing this table (power's and max's JVPs, three float32 up-casts,
+# _check_linear's builtin max) are fixed, and their reproducers below are plain tests.
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def row_params(specs: list, strict_bugs: dict | None = None) -> list:
@@ -462,12 +458,7 @@ def test_each_row_puts_its_primitives_on_the_tape(spec: Spec) -> None:
 # =====================================================================================
 
 # Deterministic float32 up-casts (reported to the lead): a float64 constant in the VJP.
-F32_UPCAST = {
-    "maximum": "maximum_share is float64 (0.5 * bool)",
-    "minimum": "maximum_share is float64 (0.5 * bool)",
-    "max": "the VJP divides a bool mask by an int count",
-    "rpow_scalar_base": "the exponent VJP takes log of where(equal(2.0, 0), 1.0, 2.0)",
-}
+F32_UPCAST: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("spec", row_params(SPECS, F32_UPCAST))
@@ -488,10 +479,6 @@ def test_float32_in_float32_out(spec: Spec, data: Any) -> None:
     assert np.dtype(t.dtype) == F32, f"{spec.name}: the tangent is {t.dtype}"
 
 
-def _upcast_bug(reason: str) -> Any:
-    return pytest.mark.xfail(strict=True, reason="engine bug: " + reason)
-
-
 SCALAR_CASES = [
     pytest.param(lambda x: x * 2.0, id="mul"),
     pytest.param(lambda x: 2.0 * x, id="rmul"),
@@ -502,11 +489,9 @@ SCALAR_CASES = [
     pytest.param(lambda x: x ** 2.0, id="pow"),
     pytest.param(lambda x: x ** 3.5, id="pow_frac"),
     pytest.param(lambda x: x ** 2, id="pow_int"),
-    pytest.param(lambda x: 2.0 ** x, id="rpow", marks=_upcast_bug(
-        "the exponent VJP takes log of where(equal(2.0, 0), 1.0, 2.0), a float64 array")),
+    pytest.param(lambda x: 2.0 ** x, id="rpow"),
     pytest.param(lambda x: tm.where(x > 0, x, 0.0), id="where"),
-    pytest.param(lambda x: tm.maximum(x, 0.0) * 1.0, id="maximum", marks=_upcast_bug(
-        "maximum_share is float64 (0.5 * bool)")),
+    pytest.param(lambda x: tm.maximum(x, 0.0) * 1.0, id="maximum"),
     pytest.param(lambda x: tm.mean(x), id="mean"),
     pytest.param(lambda x: tm.sigmoid(x) * 0.5, id="sigmoid"),
 ]
@@ -525,23 +510,18 @@ def test_python_scalars_do_not_upcast_float32(fun: Callable) -> None:
     assert hv.dtype == F32
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: maximum_share is float64 (0.5 * bool)")
 def test_maximum_gradient_of_float32_is_float32() -> None:
     x = np.array([1.0, 2.0], dtype=np.float32)
     g = tm.grad(lambda x: tm.sum(tm.maximum(x, 1.5)))(x)
     assert g.dtype == F32
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: max's VJP divides a bool mask by an int "
-                   "count, which is float64")
 def test_max_gradient_of_float32_is_float32() -> None:
     x = np.array([1.0, 2.0], dtype=np.float32)
     g = tm.grad(lambda x: tm.max(x))(x)
     assert g.dtype == F32
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: the exponent VJP of power takes the log of "
-                   "a Python base as a float64 array")
 def test_power_with_python_base_gradient_of_float32_is_float32() -> None:
     x = np.array([1.0, 2.0], dtype=np.float32)
     g = tm.grad(lambda x: tm.sum(2.0 ** x))(x)
@@ -553,16 +533,12 @@ def test_power_with_python_base_gradient_of_float32_is_float32() -> None:
 # =====================================================================================
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: the JVP of power in the base sums the "
-                   "tangent back to the base's shape (the VJP rule's unbroadcast)")
 def test_jvp_of_power_with_a_broadcast_base() -> None:
     x, y = np.array(1.3), np.array([0.2, -0.5])
     _, t = tm.jvp(tm.power, (x, y), (np.array(1.0), np.zeros(2)))
     np.testing.assert_allclose(t, y * x ** (y - 1), rtol=1e-14)  # [0.162…, −0.337…]
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: the JVP of max compares x with an "
-                   "unreshaped ans when keepdims=False and the axis is not leading")
 def test_jvp_of_max_over_the_last_axis() -> None:
     x = np.array([[0.0, 3.0, 1.0], [2.0, -1.0, 5.0]])
     u = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
@@ -570,8 +546,6 @@ def test_jvp_of_max_over_the_last_axis() -> None:
     np.testing.assert_array_equal(t, [2.0, 6.0])
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: _check_linear calls max(len(xs), len(ws)), "
-                   "and max there is ops.max (the reduction), not the builtin")
 def test_linear_accepts_a_plain_bias() -> None:
     x, W, b = np.ones((2, 3)), np.ones((3, 4)), np.arange(4.0)
     np.testing.assert_array_equal(tm_ops.linear(x, W, b), x @ W + b)

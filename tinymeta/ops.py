@@ -14,6 +14,7 @@ float32 ``x`` float32.
 
 from __future__ import annotations
 
+import builtins
 import math
 from typing import Any
 
@@ -111,29 +112,38 @@ defvjp(negative, lambda g, ans, x: negative(g))
 defjvp(negative, lambda t, ans, x: negative(t))
 
 
-def _vjp_power_base(g, ans, x, y):
-    # d x^y / dx = y x^(y-1)  (for a Python exponent 2 or 1, without a power call)
+def _power_base_factor(g, x, y):
+    # ḡ · y x^(y−1), elementwise (for a Python exponent 2 or 1, without a power call)
     if type(y) in (int, float):
         if y == 2:
             return g * (x * 2.0)
         if y == 1:
             return g
         return g * (y * power(x, y - 1))
-    return unbroadcast(g * y * power(x, y - 1), shape(x))
+    return g * y * power(x, y - 1)
+
+
+def _log_base(x):
+    # log x, taken as 0 where x == 0 (the limit of x^y log x along y > 0); a Python base
+    # stays a Python number so that it does not up-cast a float32 exponent
+    if type(x) in (int, float):
+        return math.log(x) if x > 0 else (0.0 if x == 0 else math.nan)
+    return log(where(equal(x, 0), 1.0, x))
+
+
+def _vjp_power_base(g, ans, x, y):
+    return unbroadcast(_power_base_factor(g, x, y), shape(x))
 
 
 def _vjp_power_exponent(g, ans, x, y):
-    # d x^y / dy = log(x) x^y, taken as 0 where x == 0 (the limit along y > 0)
-    safe_x = where(equal(x, 0), 1.0, x)
-    return unbroadcast(g * log(safe_x) * ans, shape(y))
+    return unbroadcast(g * _log_base(x) * ans, shape(y))
 
 
 power = Primitive("power", kernel="power")
 defvjp(power, _vjp_power_base, _vjp_power_exponent)
-defjvp(power,  # elementwise, so the VJP rules without the unbroadcast are the JVP rules
-       lambda t, ans, x, y: _vjp_power_base(t, ans, x, y) if shape(t) == shape(ans)
-       else _vjp_power_base(broadcast_to(t, shape(ans)), ans, x, y),
-       lambda t, ans, x, y: t * log(where(equal(x, 0), 1.0, x)) * ans)
+defjvp(power,
+       lambda t, ans, x, y: _power_base_factor(t, x, y),
+       lambda t, ans, x, y: t * _log_base(x) * ans)
 
 
 # =====================================================================================
@@ -261,20 +271,23 @@ def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
 _amax = Primitive("max", kernel="amax")
 
 
-def _vjp_amax(g, ans, x, axis, keepdims):
-    # ties share the cotangent equally, as autograd and JAX do
-    kept = _kept_shape(shape(x), axis)
+def _amax_share(ans, x, axis, keepdims):
+    """1[x = max] / (number of tied maxima): ties share the cotangent equally."""
     if not keepdims:
-        g = _reshape(g, shape=kept)
-        ans = _reshape(ans, shape=kept)
-    hit = equal(x, ans)
-    count = _sum(hit, axis=axis, keepdims=True)
-    return g * (hit / count)
+        ans = _reshape(ans, shape=_kept_shape(shape(x), axis))
+    hit = astype(equal(x, ans), x.dtype)
+    return hit / _sum(hit, axis=axis, keepdims=True)
+
+
+def _vjp_amax(g, ans, x, axis, keepdims):
+    if not keepdims:
+        g = _reshape(g, shape=_kept_shape(shape(x), axis))
+    return g * _amax_share(ans, x, axis, keepdims)
 
 
 defvjp(_amax, _vjp_amax)
 defjvp(_amax, lambda t, ans, x, axis, keepdims:
-       _sum(_vjp_amax(1.0, ans, x, axis, True) * t, axis=axis, keepdims=keepdims))
+       _sum(_amax_share(ans, x, axis, keepdims) * t, axis=axis, keepdims=keepdims))
 
 
 def max(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
@@ -570,7 +583,7 @@ def _check_linear(x: Any, W: Any, b: Any, op: str) -> None:
     if len(xs) < 1 or len(ws) < 2 or xs[-1] != ws[-2]:
         raise ValueError(f"{op}: x of shape {xs} and W of shape {ws} do not chain "
                          "(x's last axis must equal W's second-to-last)")
-    if len(bs) > max(len(xs), len(ws)) or (bs and bs[-1] not in (1, ws[-1])):
+    if len(bs) > builtins.max(len(xs), len(ws)) or (bs and bs[-1] not in (1, ws[-1])):
         raise ValueError(f"{op}: bias of shape {bs} does not broadcast to the output "
                          f"of x {xs} and W {ws}")
     # (a bias that broadcasts wrongly in a batch axis is caught by the kernel, named)

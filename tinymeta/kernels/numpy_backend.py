@@ -74,7 +74,8 @@ def relu_grad(g, x):
 
 def maximum_share(x, y):
     """d max(x, y)/dx: 1 where x > y, 0.5 at ties, 0 where x < y."""
-    return (x > y) + 0.5 * (x == y)
+    share = (x > y) + 0.5 * (x == y)
+    return share.astype(np.result_type(x, y), copy=False)
 
 
 def cast(x, dtype):

@@ -99,8 +99,15 @@ def inner_step(loss_fn: LossFn, theta: Any, x: Any, y: Any, lr: Any,
     g, losses = grad(support_objective(loss_fn, x, y), has_aux=True)(theta)
     lrs = lr if isinstance(lr, (list, tuple, dict)) else tree_map(lambda _: lr, theta)
     m = mask if mask is not None else tree_map(lambda _: True, theta)
-    new = tree_map(lambda p, gp, a, keep: p - a * gp if keep else p, theta, g, lrs, m)
+    new = tree_map(lambda p, gp, a, keep: _step(p, gp, a) if keep else p, theta, g, lrs, m)
     return new, losses
+
+
+def _step(p: Any, gp: Any, a: Any) -> Any:
+    """p − a·gp: one fused kernel for a Python step size, ops otherwise (Meta-SGD's arrays)."""
+    if isinstance(a, (int, float)) and not isinstance(a, bool):
+        return ops.sub_scaled(p, gp, a)
+    return p - a * gp
 
 
 def adapt_path(loss_fn: LossFn, params: Any, x: Any, y: Any, inner_lr: Any,

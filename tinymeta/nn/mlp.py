@@ -60,7 +60,7 @@ def _truncated_normal(rng: np.random.Generator, std: float, size: tuple) -> np.n
     return out
 
 
-def linear(x: Any, W: Any, b: Any) -> Any:
+def linear(x: Any, W: Any, b: Any, relu: bool = False) -> Any:
     """x W + b, task-batched.
 
     With W of shape (B, in, out) and x of shape (B, K, in), the bias b of shape (B, out)
@@ -76,11 +76,11 @@ def linear(x: Any, W: Any, b: Any) -> Any:
         if ops.ndim(x) != 3 or ops.shape(x)[0] != wshape[0] or ops.shape(x)[2] != wshape[1]:
             raise ValueError(f"linear: input shape {ops.shape(x)} does not fit weight shape "
                              f"{wshape}; expected (B={wshape[0]}, K, {wshape[1]})")
-        return ops.matmul(x, W) + ops.expand_dims(b, -2)
+        return _fused(x, W, ops.expand_dims(b, -2), relu)
     if len(wshape) == 2:
         if bshape != (wshape[1],):
             raise ValueError(f"linear: bias shape {bshape} does not match weight shape {wshape}")
-        return ops.matmul(x, W) + b
+        return _fused(x, W, b, relu)
     raise ValueError(f"linear: W must have shape (in, out) or (B, in, out); got {wshape}")
 
 
@@ -101,7 +101,14 @@ def mlp(params: Sequence[Any], x: Any, activation: Callable = ops.relu) -> Any:
     h = x
     n_layers = len(params) // 2
     for i in range(n_layers):
-        h = linear(h, params[2 * i], params[2 * i + 1])
-        if i < n_layers - 1:
+        hidden = i < n_layers - 1
+        fuse = hidden and activation is ops.relu  # one kernel: GEMM, bias and relu
+        h = linear(h, params[2 * i], params[2 * i + 1], relu=fuse)
+        if hidden and not fuse:
             h = activation(h)
     return h
+
+
+def _fused(x: Any, W: Any, b: Any, relu: bool) -> Any:
+    """x W + b, or relu(x W + b), as one fused primitive."""
+    return ops.linear_relu(x, W, b) if relu else ops.linear(x, W, b)
