@@ -176,3 +176,15 @@ def test_plot_draws_both_figures_or_says_what_is_missing(tmp_path, capsys, monke
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     code, _, err = run_cli(["plot", out], capsys)
     assert code == 1 and "matplotlib" in err and err.count("\n") == 1
+
+
+def test_maml_chain_trains_like_unrolled_maml_in_float64(tmp_path, capsys):
+    outs = {}
+    for algo in ("maml", "maml-chain"):
+        out = str(tmp_path / algo)
+        assert run_cli(["train", *SMALL, "--algo", algo, "--dtype", "float64",
+                        "--iterations", "5", "--out", out], capsys)[0] == 0
+        outs[algo] = io.load(os.path.join(out, "params.npz"))
+    for a, b in zip(outs["maml"], outs["maml-chain"]):
+        assert a.dtype == np.float64
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
