@@ -16,10 +16,6 @@ _LEAF = object()
 _NONE = object()
 
 
-def _is_namedtuple(x: Any) -> bool:
-    return isinstance(x, tuple) and hasattr(type(x), "_fields")
-
-
 def tree_flatten(tree: Any) -> tuple[list, Any]:
     """Return (leaves, treedef): the leaves left to right, and what rebuilds the tree."""
     leaves: list = []
@@ -27,13 +23,12 @@ def tree_flatten(tree: Any) -> tuple[list, Any]:
 
 
 def _flatten(x: Any, leaves: list) -> Any:
+    t = type(x)
+    if t is list or t is tuple or isinstance(x, (list, tuple)):
+        return (t, None, tuple([_flatten(v, leaves) for v in x]))
     if isinstance(x, dict):
         keys = sorted(x)
-        return (dict, tuple(keys), tuple(_flatten(x[k], leaves) for k in keys))
-    if _is_namedtuple(x):
-        return (type(x), None, tuple(_flatten(v, leaves) for v in x))
-    if isinstance(x, (list, tuple)):
-        return (type(x), None, tuple(_flatten(v, leaves) for v in x))
+        return (dict, tuple(keys), tuple([_flatten(x[k], leaves) for k in keys]))
     if x is None:
         return _NONE
     leaves.append(x)

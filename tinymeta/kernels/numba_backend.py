@@ -29,9 +29,12 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 def _same_float(*arrays) -> bool:
     dt = arrays[0].dtype
-    return dt in _FLOATS and all(
-        isinstance(a, np.ndarray) and a.dtype == dt for a in arrays
-    )
+    if dt not in _FLOATS:
+        return False
+    for a in arrays:
+        if type(a) is not np.ndarray or a.dtype != dt:
+            return False
+    return True
 
 
 def relu(x):

@@ -104,7 +104,7 @@ def log_softmax(x, axis):
 
 # ---- shapes --------------------------------------------------------------------
 def reshape(x, shape):
-    return np.reshape(x, shape)
+    return x.reshape(shape)
 
 
 def transpose(x, axes):
@@ -153,7 +153,9 @@ def matmul(x, y):
 
 def matmul_nt(x, y):
     """x @ yᵀ over the last two axes (both operands 2-D or more)."""
-    yt = np.swapaxes(y, -1, -2)
+    yt = y.swapaxes(-1, -2)
+    if x.shape[-1] == 1 and yt.shape[-2] == 1:  # an outer product: a broadcast multiply
+        return np.multiply(x, yt)
     if yt.ndim == 2 and x.ndim > 2:
         return np.matmul(x.reshape(-1, x.shape[-1]), yt).reshape(x.shape[:-1] + yt.shape[-1:])
     return np.matmul(x, yt)
@@ -161,7 +163,7 @@ def matmul_nt(x, y):
 
 def matmul_tn(x, y):
     """xᵀ @ y over the last two axes (both operands 2-D or more)."""
-    return matmul(np.swapaxes(x, -1, -2), y)
+    return matmul(x.swapaxes(-1, -2), y)
 
 
 # ---- fused kernels (reference versions) ------------------------------------------------
