@@ -137,7 +137,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = _train.TrainConfig(**given)
     _train.train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
                  stop_after=args.stop_after)
-    print(f"trained {cfg.algo} on {cfg.task}: {os.path.join(args.out, 'params.npz')}")
+    if args.stop_after is not None and args.stop_after < cfg.iterations:
+        print(f"stopped after iteration {args.stop_after}: "
+              f"{os.path.join(args.out, 'checkpoint.npz')} (continue with --resume)")
+    else:
+        print(f"trained {cfg.algo} on {cfg.task}: {os.path.join(args.out, 'params.npz')}")
     return 0
 
 
