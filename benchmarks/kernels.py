@@ -1,0 +1,340 @@
+"""Kernel benchmarks: each fused kernel on the numba backend against the NumPy reference.
+
+Run from a checkout:
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/kernels.py [--json out.json] [--plot out.png]
+
+For every kernel (linear, linear_relu, relu_grad, sq_err_mean, sq_err_mean_grad,
+sub_scaled) and size, the reference and the numba kernel are timed back to back in one
+process with :func:`tinymeta.bench.compare` (median and IQR over repeated runs, the two
+kernels' runs interleaved so that a slow spell of the shared machine hits both), on the
+shapes of the sinusoid workload (25 tasks, K = 10 points, widths 1 and 40) and on square
+sizes up to 2048². Throughput is GFLOP/s, and the fraction of peak sets it against this
+machine's peak, measured in the same run by a 2048³ BLAS matmul of the same dtype
+(:func:`tinymeta.bench.peak_gflops`), before and after the kernels, the better of the two
+taken (load on a shared machine only ever lowers it). The elementwise kernels are bound by memory,
+not arithmetic: their GB/s (bytes read and written once) is the figure to read there.
+
+FLOP counted: linear 2·m·k·n + m·n per product (the bias add), linear_relu one more per
+output (the max); relu_grad 1 per entry (the select), sq_err_mean 3 (subtract, square,
+add), sq_err_mean_grad 2 (subtract, scale), sub_scaled 2 (scale, subtract).
+
+OPENBLAS_NUM_THREADS defaults to 1 here (numba's kernels are single-threaded, and BLAS
+threads fighting over shared cores stall); it is set before NumPy is imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads OpenBLAS
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from tinymeta import bench  # noqa: E402
+from tinymeta.kernels import numpy_backend  # noqa: E402
+
+KERNELS = ("linear", "linear_relu", "relu_grad", "sq_err_mean", "sq_err_mean_grad",
+           "sub_scaled")
+SQUARES = (64, 256, 1024, 2048)
+# (label, x shape, W shape, b shape) of the sinusoid MLP 1-40-40-1 on 25 tasks of 10 points
+SINUSOID_LINEAR = (
+    ("sin 1->40 per-task", (25, 10, 1), (25, 1, 40), (25, 1, 40)),
+    ("sin 40->40 per-task", (25, 10, 40), (25, 40, 40), (25, 1, 40)),
+    ("sin 40->1 per-task", (25, 10, 40), (25, 40, 1), (25, 1, 1)),
+    ("sin 40->40 shared", (25, 10, 40), (40, 40), (40,)),
+)
+SINUSOID_ARRAYS = (("sin (25,10,1)", (25, 10, 1)), ("sin (25,10,40)", (25, 10, 40)),
+                   ("sin (25,40,40)", (25, 40, 40)))
+
+
+@dataclass
+class Case:
+    kernel: str
+    label: str
+    args: tuple
+    flops: int
+    nbytes: int
+
+
+def _linear_cases(name: str, rng, dtype, sizes) -> list[Case]:
+    extra = 2 if name == "linear_relu" else 1  # bias add (and max) per output
+    shapes = list(SINUSOID_LINEAR) + [(f"{n}^2", (n, n), (n, n), (n,)) for n in SQUARES]
+    cases = []
+    for label, xs, ws, bs in shapes:
+        if sizes is not None and label not in sizes:
+            continue
+        x, W, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, bs))
+        out = np.broadcast_shapes(xs[:-1], ws[:-2] + (1,)) + ws[-1:]
+        m, k, n = xs[-2], xs[-1], ws[-1]
+        batch = math.prod(out[:-2])
+        flops = bench.gemm_flops(m, k, n, batch) + extra * math.prod(out)
+        nbytes = (x.size + W.size + b.size + math.prod(out)) * x.itemsize
+        cases.append(Case(name, label, (x, W, b), flops, nbytes))
+    return cases
+
+
+def _array_cases(name: str, rng, dtype, sizes) -> list[Case]:
+    def arr(shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    shapes = list(SINUSOID_ARRAYS) + [(f"{n}^2", (n, n)) for n in SQUARES]
+    cases = []
+    for label, shape in shapes:
+        if sizes is not None and label not in sizes:
+            continue
+        n, item, tasks = math.prod(shape), np.dtype(dtype).itemsize, shape[0]
+        if name == "relu_grad":
+            args, flops, nbytes = (arr(shape), arr(shape)), n, 3 * n * item
+        elif name == "sq_err_mean":
+            args, flops, nbytes = (arr(shape), arr(shape)), 3 * n, (2 * n + tasks) * item
+        elif name == "sq_err_mean_grad":
+            args = (arr((tasks,)), arr(shape), arr(shape))
+            flops, nbytes = 2 * n, (3 * n + tasks) * item
+        else:  # sub_scaled
+            args, flops, nbytes = (arr(shape), arr(shape), 0.01), 2 * n, 3 * n * item
+        cases.append(Case(name, label, args, flops, nbytes))
+    return cases
+
+
+def size_labels(name: str) -> list[str]:
+    """The size labels of kernel ``name``, smallest first within each family."""
+    shapes = SINUSOID_LINEAR if name.startswith("linear") else SINUSOID_ARRAYS
+    return [label for label, *_ in shapes] + [f"{n}^2" for n in SQUARES]
+
+
+def cases_for(name: str, rng, dtype, sizes=None) -> list[Case]:
+    """The benchmark cases of kernel ``name`` (only the labels in ``sizes``, if given)."""
+    build = _linear_cases if name.startswith("linear") else _array_cases
+    return build(name, rng, dtype, sizes)
+
+
+def check_agree(name: str, ref_fn: Callable, fast_fn: Callable, args: tuple) -> None:
+    """Refuse to time a numba kernel whose result differs from the reference's."""
+    want, got = ref_fn(*args), fast_fn(*args)
+    rtol = 1e-4 if want.dtype == np.float32 else 1e-10
+    if got.dtype != want.dtype or not np.allclose(got, want, rtol=rtol, atol=rtol):
+        raise RuntimeError(f"{name}: the numba kernel disagrees with the reference; "
+                           "run the kernel tests (pytest tests/test_kernels.py)")
+
+
+def machine() -> dict:
+    """What the numbers were measured on, and when."""
+    model = platform.processor()  # the label where /proc/cpuinfo is absent (not Linux)
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f
+                     if line.startswith("model name")]
+        model = names[0] if names else model
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas = f"{blas.get('name')} {blas.get('version')}"
+    except (TypeError, KeyError):  # only a label: older NumPy has no mode="dicts"
+        blas = "unknown"
+    import numba
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": model,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "blas": blas,
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "loadavg": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def run(kernels=KERNELS, dtype=np.float32, repeat: int = 15, min_time: float = 0.02,
+        peak_n: int = 2048, sizes: set | None = None, peak_min_time: float = 0.2,
+        progress=None) -> dict:
+    """Time every kernel and size; returns the JSON-ready results.
+
+    The peak is measured before and after the kernels and the higher taken (a peak is the
+    best the machine did; a busy spell on the shared machine only lowers a measurement);
+    ``progress(row)`` is called after each kernel and size.
+    """
+    from tinymeta.kernels import numba_backend  # compiles nothing until first call
+
+    rng = np.random.default_rng(0)
+    start = machine()
+    peak_start = bench.peak_gflops(n=peak_n, dtype=dtype, min_time=peak_min_time)
+    rows = []
+    for name in kernels:
+        ref_fn, fast_fn = getattr(numpy_backend, name), getattr(numba_backend, name)
+        for case in cases_for(name, rng, dtype, sizes):
+            check_agree(name, ref_fn, fast_fn, case.args)
+            row = {"kernel": name, "size": case.label,
+                   "shapes": [list(np.shape(a)) for a in case.args if np.ndim(a)],
+                   "dtype": np.dtype(dtype).name, "flops": case.flops, "bytes": case.nbytes}
+            timings = bench.compare({"numpy": ref_fn, "numba": fast_fn}, *case.args,
+                                    repeat=repeat, min_time=min_time)
+            for backend, t in timings.items():
+                row[backend] = {"median_s": t.median, "iqr_s": t.iqr, "runs_s": list(t.runs),
+                                "number": t.number,
+                                "gflops": bench.gflops(case.flops, t.median),
+                                "gbytes_per_s": case.nbytes / t.median / 1e9}
+            row["speedup"] = row["numpy"]["median_s"] / row["numba"]["median_s"]
+            rows.append(row)
+            if progress is not None:
+                progress(row)
+    peak_end = bench.peak_gflops(n=peak_n, dtype=dtype, min_time=peak_min_time)
+    peak = max(peak_start, peak_end)
+    for row in rows:
+        for backend in ("numpy", "numba"):
+            row[backend]["frac_peak"] = row[backend]["gflops"] / peak
+    return {"machine": start, "loadavg_end": machine()["loadavg"], "peak_gflops": peak,
+            "peak_gflops_start": peak_start, "peak_gflops_end": peak_end, "peak_n": peak_n,
+            "dtype": np.dtype(dtype).name, "repeat": repeat, "min_time_s": min_time,
+            "results": rows}
+
+
+HEADER = (f"{'kernel':<17}{'size':<19}{'numpy µs':>18}{'numba µs':>18}{'speedup':>9}"
+          f"{'numpy GF/s':>12}{'numba GF/s':>12}{'numpy %pk':>11}{'numba %pk':>11}"
+          f"{'numba GB/s':>12}")
+
+
+def _sig(v: float, digits: int) -> str:
+    """``v`` to ``digits`` significant digits, never in e-notation."""
+    if v == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(v))))
+    return f"{v:.{decimals}f}"
+
+
+def _us(t: dict) -> str:
+    """Median ± IQR in µs, to 4 and 2 significant digits."""
+    return f"{_sig(1e6 * t['median_s'], 4)} ± {_sig(1e6 * t['iqr_s'], 2)}"
+
+
+def format_row(r: dict) -> str:
+    a, b = r["numpy"], r["numba"]
+    return (f"{r['kernel']:<17}{r['size']:<19}{_us(a):>18}{_us(b):>18}{r['speedup']:>8.2f}x"
+            f"{a['gflops']:>12.3g}{b['gflops']:>12.3g}{100 * a['frac_peak']:>10.3g}%"
+            f"{100 * b['frac_peak']:>10.3g}%{b['gbytes_per_s']:>12.3g}")
+
+
+def table(data: dict) -> str:
+    """The results as a text table, headed by the peak they are a fraction of."""
+    m = data["machine"]
+    lines = [f"peak: {data['peak_gflops']:.1f} GFLOP/s ({data['peak_n']}³ {data['dtype']} "
+             f"BLAS matmul, best of before ({data['peak_gflops_start']:.1f}) and after "
+             f"({data['peak_gflops_end']:.1f}); OPENBLAS_NUM_THREADS="
+             f"{m['OPENBLAS_NUM_THREADS']})", HEADER]
+    lines += [format_row(r) for r in data["results"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_json_atomic(path: str, data: dict) -> None:
+    """Write ``data`` as JSON to ``path`` via a temporary file in the same folder, renamed
+    into place, so a reader never sees half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".kernels-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def plot(data: dict, path: str) -> bool:
+    """GFLOP/s against work per call, one panel per kernel; False if matplotlib is absent."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    kernels = list(dict.fromkeys(r["kernel"] for r in data["results"]))
+    cols = 3
+    rows_n = math.ceil(len(kernels) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(5 * cols, 4 * rows_n), squeeze=False)
+    for ax, name in zip(axes.flat, kernels):
+        rs = sorted((r for r in data["results"] if r["kernel"] == name),
+                    key=lambda r: r["flops"])
+        x = [r["flops"] for r in rs]
+        for backend, style in (("numpy", "o-"), ("numba", "s-")):
+            ax.plot(x, [r[backend]["gflops"] for r in rs], style, label=backend)
+        ax.axhline(data["peak_gflops"], color="grey", ls="--", label="peak (BLAS matmul)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("FLOP per call")
+        ax.set_ylabel("GFLOP/s")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(kernels):]:
+        ax.set_visible(False)
+    m = data["machine"]
+    fig.suptitle(f"tinymeta kernels, {data['dtype']}: {m['cpu']}, "
+                 f"OPENBLAS_NUM_THREADS={m['OPENBLAS_NUM_THREADS']}, {m['date']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON (atomically)")
+    p.add_argument("--plot", metavar="PATH", help="draw GFLOP/s against size (matplotlib)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--kernels", default=",".join(KERNELS),
+                   help="comma-separated subset of: " + ", ".join(KERNELS))
+    p.add_argument("--repeat", type=int, default=15, help="runs per measurement (default 15)")
+    p.add_argument("--min-time", type=float, default=0.02,
+                   help="least seconds per run (default 0.02)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: sinusoid sizes and 64² only, 3 short runs, 1024³ peak")
+    args = p.parse_args(argv)
+    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    unknown = sorted(set(kernels) - set(KERNELS))
+    if unknown:
+        p.error(f"unknown kernels {unknown}; choose from {', '.join(KERNELS)}")
+    sizes = None
+    repeat, min_time, peak_n, peak_min_time = args.repeat, args.min_time, 2048, 0.2
+    if args.quick:
+        sizes = {label for label, *_ in SINUSOID_LINEAR + SINUSOID_ARRAYS} | {"64^2"}
+        repeat, min_time, peak_n, peak_min_time = 3, 0.005, 1024, 0.02
+    def progress(row):
+        print(f"  {row['kernel']} {row['size']}: {row['speedup']:.2f}x", file=sys.stderr)
+
+    data = run(kernels, np.dtype(args.dtype).type, repeat, min_time, peak_n, sizes,
+               peak_min_time, progress)
+    print(table(data))
+    m = data["machine"]
+    print(f"{m['cpu']}, {m['cpu_count']} cores, {m['blas']}, "
+          f"OPENBLAS_NUM_THREADS={m['OPENBLAS_NUM_THREADS']}, numpy {m['numpy']}, "
+          f"numba {m['numba']}, {m['date']}, load average {m['loadavg']} -> "
+          f"{data['loadavg_end']}")
+    if args.json:
+        write_json_atomic(args.json, data)
+        print(f"wrote {args.json}")
+    if args.plot:
+        if plot(data, args.plot):
+            print(f"wrote {args.plot}")
+        else:
+            print("--plot: matplotlib is not installed; no plot drawn "
+                  "(pip install 'tinymeta[plot]')", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
