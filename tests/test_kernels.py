@@ -226,9 +226,6 @@ def test_linear_unsupported_layouts_fall_back(name, xs, ws, bs, dt, bdt):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="numba linear/linear_relu fall back by calling the reference, which "
-                   "computes the matmul a second time (2x the GEMM cost)")
 @pytest.mark.parametrize("bs, bdt", [((1, 5), np.float32), ((5,), np.float64)], ids=str)
 def test_linear_fallback_does_one_matmul(monkeypatch, bs, bdt):
     calls = []
@@ -298,9 +295,6 @@ def test_linear_relu_kink_through_the_engine(backend):
     np.testing.assert_array_equal(gb, [0.0, 0.0, 2.0, 0.0])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="relu_flat writes 0 for NaN (`v if v > 0 else 0.0`); np.maximum, "
-                   "the reference and the numba linear_relu epilogue keep NaN")
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_relu_propagates_nan_like_the_reference(dtype):
     x = np.array([np.nan, -1.0, 1.0], dtype=dtype)
