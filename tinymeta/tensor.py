@@ -160,6 +160,11 @@ class Tensor:
     def __ge__(self, o): return _ops.greater_equal(self, o)
     def __eq__(self, o): return _ops.equal(self, o)  # type: ignore[override]
     def __ne__(self, o): return _ops.not_equal(self, o)  # type: ignore[override]
+    def __and__(self, o): return _ops.logical_and(self, o)
+    def __rand__(self, o): return _ops.logical_and(o, self)
+    def __or__(self, o): return _ops.logical_or(self, o)
+    def __ror__(self, o): return _ops.logical_or(o, self)
+    def __invert__(self): return _ops.logical_not(self)
 
     # ---- methods ----
     def sum(self, axis=None, keepdims=False): return _ops.sum(self, axis, keepdims)
@@ -185,15 +190,16 @@ class Tensor:
 
 
 def _user_line() -> str:
-    """file:line of the innermost stack frame outside the tinymeta package."""
+    """file:line of the innermost stack frame outside the tinymeta and NumPy packages."""
     import os
     import sys
 
     here = os.path.dirname(os.path.abspath(__file__))
+    numpy_dir = os.path.dirname(os.path.abspath(np.__file__))
     frame = sys._getframe(1)
     while frame is not None:
         path = os.path.abspath(frame.f_code.co_filename)
-        if not path.startswith(here + os.sep):
+        if not path.startswith((here + os.sep, numpy_dir + os.sep)):
             return f"{path}:{frame.f_lineno}"
         frame = frame.f_back
     return "<unknown>"

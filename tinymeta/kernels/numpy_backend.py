@@ -55,6 +55,9 @@ less_equal = np.less_equal
 equal = np.equal
 not_equal = np.not_equal
 isfinite = np.isfinite
+logical_and = np.logical_and
+logical_or = np.logical_or
+logical_not = np.logical_not
 
 
 def sigmoid(x):

@@ -5,16 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .. import kernels
+from .. import kernels, ops
+from ..tensor import Tensor
 from ..tree import tree_leaves, tree_map
+
+# Written in tinymeta ops (not raw array calls), so that cg runs under make_tape and
+# tm.compile too: its per-task branches are masks (ops.where), not Python ifs.
 
 
 def task_dot(a: Any, b: Any) -> Any:
     """Per-task inner products ⟨a_e, b_e⟩ of two pytrees whose leaves are (B, …): shape (B,)."""
-    xp = kernels.get_backend().xp
     total = 0.0
     for x, y in zip(tree_leaves(a), tree_leaves(b)):
-        total = total + xp.sum((x * y).reshape(x.shape[0], -1), axis=1)
+        total = total + ops.sum(ops.reshape(x * y, (ops.shape(x)[0], -1)), axis=1)
     return total
 
 
@@ -22,9 +25,14 @@ def _axpy(s: Any, x: Any, y: Any) -> Any:
     """y + s_e x_e leafwise, with per-task scalars s of shape (B,)."""
 
     def one(xi: Any, yi: Any) -> Any:
-        return yi + s.reshape((-1,) + (1,) * (xi.ndim - 1)).astype(xi.dtype) * xi
+        si = ops.reshape(s, (-1,) + (1,) * (ops.ndim(xi) - 1))
+        return yi + ops.astype(si, xi.dtype) * xi
 
     return tree_map(one, x, y)
+
+
+def _captured(x: Any) -> bool:
+    return type(x) is Tensor and x._captured()
 
 
 def cg(matvec: Callable[[Any], Any], b: Any, x0: Any = None, maxiter: int = 10,
@@ -67,28 +75,32 @@ def cg(matvec: Callable[[Any], Any], b: Any, x0: Any = None, maxiter: int = 10,
     if on_negative_curvature not in ("continue", "stop"):
         raise ValueError("cg: on_negative_curvature must be 'continue' or 'stop'; got "
                          f"{on_negative_curvature!r}")
-    xp = kernels.get_backend().xp
+    backend = kernels.get_backend()
+    where, sqrt = ops.where, ops.sqrt
     leaves = tree_leaves(b)
     if not leaves:
         raise ValueError("cg: b has no arrays")
-    B = leaves[0].shape[0]
+    B = ops.shape(leaves[0])[0]
     if x0 is None:
-        x = tree_map(lambda v: xp.zeros_like(v), b)
+        x = tree_map(lambda v: backend.zeros(ops.shape(v), v.dtype), b)
         r = b
     else:
         x = x0
         r = tree_map(lambda bi, ai: bi - ai, b, matvec(x0))
     p = r
     rr = task_dot(r, r)
-    b_norm = xp.sqrt(task_dot(b, b))
-    safe_b = xp.where(b_norm > 0, b_norm, 1.0)
-    rel = xp.where(b_norm > 0, xp.sqrt(rr) / safe_b, 0.0)
+    b_norm = sqrt(task_dot(b, b))
+    has_b = b_norm > 0
+    safe_b = where(has_b, b_norm, 1.0)
+    rel = where(has_b, sqrt(rr) / safe_b, 0.0)
     residuals = [rel]
-    active = (rel > tol) & (b_norm > 0)
-    neg = xp.zeros(B, dtype=bool)
+    active = (rel > tol) & has_b
+    neg = backend.zeros((B,), bool)
     iterations = 0
     for k in range(int(maxiter)):
-        if not bool(active.any()):
+        # all tasks done: stop early (not while recording a tape, whose length must not
+        # depend on values; the remaining iterations then change no task)
+        if not _captured(active) and not bool(ops.stop_gradient(active).any()):
             break
         iterations += 1
         Ap = matvec(p)
@@ -103,18 +115,18 @@ def cg(matvec: Callable[[Any], Any], b: Any, x0: Any = None, maxiter: int = 10,
         else:
             step = active & (pAp != 0)
             stop_now = active & (pAp == 0)
-        alpha = xp.where(step, rr / xp.where(pAp != 0, pAp, 1.0), 0.0)
+        alpha = where(step, rr / where(pAp != 0, pAp, 1.0), 0.0)
         x = _axpy(alpha, p, x)
         r = _axpy(-alpha, Ap, r)
         rr_new = task_dot(r, r)
-        beta = xp.where(step, rr_new / xp.where(rr > 0, rr, 1.0), 0.0)
+        beta = where(step, rr_new / where(rr > 0, rr, 1.0), 0.0)
         p = _axpy(beta, p, r)
-        rr = xp.where(step, rr_new, rr)
-        rel = xp.where(b_norm > 0, xp.sqrt(rr) / safe_b, 0.0)
+        rr = where(step, rr_new, rr)
+        rel = where(has_b, sqrt(rr) / safe_b, 0.0)
         residuals.append(rel)
         active = step & (rel > tol) & ~stop_now
     info = {
-        "residuals": xp.stack(residuals),
+        "residuals": ops.stack(residuals),
         "neg_curvature": neg,
         "iterations": iterations,
         "converged": residuals[-1] <= tol,
