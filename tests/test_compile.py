@@ -119,3 +119,37 @@ def test_replay_refuses_wrong_inputs():
     p, x, y = _problem(1, n=4)
     with pytest.raises(ValueError, match="recorded as"):
         tape.replay(p, x, y)
+
+
+@pytest.mark.parametrize("algo", ["maml", "maml_chain", "fomaml", "imaml", "reptile"])
+def test_meta_algorithms_replay_bitwise(algo):
+    with tm.set_backend("numpy"):
+        loss_fn = lambda p, x, y: tm.nn.mse(tm.nn.mlp(p, x), y)  # noqa: E731
+        params = tm.nn.mlp_init((1, 8, 8, 1), seed=0, dtype=np.float64)
+        calls = {
+            "maml": lambda p, b: tm.meta.maml(loss_fn, p, b, 0.01, 2),
+            "maml_chain": lambda p, b: tm.meta.maml(loss_fn, p, b, 0.01, 2, method="hvp_chain"),
+            "fomaml": lambda p, b: tm.meta.maml(loss_fn, p, b, 0.01, 2, order=1),
+            "imaml": lambda p, b: tm.meta.imaml(loss_fn, p, b, 0.01, 3, 1.0, 3),
+            "reptile": lambda p, b: tm.meta.reptile(loss_fn, p, b, 0.01, 3),
+        }
+        f = calls[algo]
+        cf = tm.compile(f)
+        task = tm.tasks.Sinusoid()
+        first = tm.tasks.TaskBatch(*task.sample(4, 5, 5, seed=0)[:4])
+        cf(params, first)
+        batch = tm.tasks.TaskBatch(*task.sample(4, 5, 5, seed=1)[:4])
+        g, info = cf(params, batch)
+        g_ref, info_ref = f(params, batch)
+        for a, b in zip(g, g_ref):
+            np.testing.assert_array_equal(a, b)
+        for key in info_ref:
+            np.testing.assert_array_equal(np.asarray(info[key]), np.asarray(info_ref[key]))
+
+
+def test_refusal_inside_numpy_names_the_calling_line():
+    def f(x):
+        return tm.sum(x) + np.zeros_like(x).sum()  # np.zeros_like calls np.asarray
+
+    with pytest.raises(TypeError, match=r"test_compile\.py:\d+"):
+        tm.compile(f)(np.ones(3))
