@@ -58,7 +58,8 @@ class Tensor:
         if self._trace is None:
             return v
         view = v.view()
-        view.flags.writeable = False
+        if isinstance(view, np.ndarray):  # (cupy arrays have no write lock)
+            view.flags.writeable = False
         return view
 
     @property
@@ -107,6 +108,11 @@ class Tensor:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         self._refuse("np.asarray")
         v = self._value
+        if not isinstance(v, (np.ndarray, np.generic, int, float, bool, complex)):
+            raise TypeError(
+                f"np.asarray of a Tensor holding a {type(v).__module__}.{type(v).__name__} "
+                "(a device array): copy it to the host with tm.get_backend().to_numpy(x.data)"
+            )
         return np.asarray(v, dtype=dtype)
 
     def __bool__(self) -> bool:

@@ -256,7 +256,10 @@ def load_checkpoint(out: str) -> tuple:
     rng.bit_generator.state = meta_info["rng"]
     B = kernels.get_backend()
     model = tree_map(B.asarray, tree["model"])
-    opt_state = tree_map(B.asarray, tree["opt_state"])
+    # arrays to the backend; scalar counters (Adam's step) stay host numbers, so that
+    # reading them never synchronises with a device
+    opt_state = tree_map(lambda a: a.item() if getattr(a, "ndim", 1) == 0 and
+                         np.dtype(a.dtype).kind in "iu" else B.asarray(a), tree["opt_state"])
     return model, opt_state, tree["iteration"], tree["skipped"], rng, meta_info["elapsed_s"]
 
 

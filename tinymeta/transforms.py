@@ -32,7 +32,8 @@ def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:
     if type(data) is Tensor:
         data = data._raw()
     arr = kernels.get_backend().asarray(data, dtype=dtype).copy()
-    arr.flags.writeable = False
+    if isinstance(arr, np.ndarray):  # (cupy arrays have no write lock: immutable by convention)
+        arr.flags.writeable = False
     return Tensor(arr)
 
 
@@ -258,7 +259,8 @@ def jvp(f: Callable, primals: tuple, tangents: tuple) -> tuple:
 def _tree_zeros(tree: Any) -> Any:
     leaves, treedef = tree_flatten(tree)
     return tree_unflatten(treedef, [_zeros_like(x) if hasattr(x, "shape")
-                                    else np.zeros(()) for x in leaves])
+                                    else kernels.get_backend().zeros((), np.float64)
+                                    for x in leaves])
 
 
 def _tree_vdot(a: Any, b: Any) -> Any:
@@ -329,11 +331,8 @@ def jacobian(f: Callable, argnums: int = 0) -> Callable:
         oshape, xshape = ops.shape(out), ops.shape(x)
         size = int(np.prod(oshape))
         B = kernels.get_backend()
-        rows = []
-        for i in range(size):
-            e = np.zeros(size, dtype=np.dtype(out.dtype))
-            e[i] = 1.0
-            rows.append(vjp_fn(B.asarray(e.reshape(oshape)))[0])
+        eye = B.xp.eye(size, dtype=np.dtype(out.dtype))  # the basis, built on the backend
+        rows = [vjp_fn(eye[i].reshape(oshape))[0] for i in range(size)]
         if not rows:
             return B.zeros(oshape + xshape, np.dtype(out.dtype))
         return ops.reshape(ops.stack(rows, axis=0), oshape + xshape)

@@ -113,7 +113,9 @@ def ravel_pytree(tree: Any) -> tuple[Any, Callable[[Any], Any]]:
     if leaves:
         flat = ops.concatenate([ops.reshape(leaf, (-1,)) for leaf in leaves], axis=0)
     else:
-        flat = np.zeros((0,))
+        from . import kernels
+
+        flat = kernels.get_backend().zeros((0,), np.float64)
 
     def unravel(v: Any) -> Any:
         if tuple(v.shape) != (sum(sizes),):
