@@ -273,7 +273,50 @@ def make_figures(out: str, baseline: str | None = None, n_tasks: int = 3,
     return [pred_path, mse_path]
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_train, add_eval, add_plot]
+# ---- bench ------------------------------------------------------------------------------
+
+_SUITES = {"engine": "engine.py", "kernels": "kernels.py", "e2e": "e2e.py"}
+
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="run the benchmark suite of a checkout (benchmarks/)",
+                       description="Run benchmarks/engine.py, kernels.py and e2e.py one after "
+                       "another (OPENBLAS_NUM_THREADS=1 unless set), writing JSON to --out.")
+    a = p.add_argument
+    a("suites", nargs="*", default=list(_SUITES), help="engine, kernels, e2e (default all)")
+    a("--out", default="benchmarks/out", help="folder for the JSON files (benchmarks/out)")
+    a("--quick", action="store_true", help="short smoke runs (not for figures)")
+    a("--root", default=".", help="the checkout holding benchmarks/ (default .)")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    bench_dir = os.path.join(args.root, "benchmarks")
+    for name in args.suites:
+        if name not in _SUITES:
+            raise CLIError(f"unknown suite {name!r}; choose from {', '.join(_SUITES)}")
+        if not os.path.exists(os.path.join(bench_dir, _SUITES[name])):
+            raise CLIError(f"no {os.path.join(bench_dir, _SUITES[name])}: run tinymeta bench "
+                           "from a checkout of tinymeta (or pass --root)")
+    os.makedirs(args.out, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    for name in args.suites:
+        cmd = [sys.executable, os.path.join(bench_dir, _SUITES[name]), "--json",
+               os.path.join(args.out, f"{name}.json")]
+        if args.quick and name != "engine":
+            cmd.append("--quick")
+        print("$ " + " ".join(cmd), flush=True)
+        rc = subprocess.call(cmd, env=env)
+        if rc:
+            raise CLIError(f"{name} benchmark exited with status {rc}")
+    return 0
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_train, add_eval, add_plot,
+                                                                 add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
