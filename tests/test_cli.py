@@ -188,3 +188,13 @@ def test_maml_chain_trains_like_unrolled_maml_in_float64(tmp_path, capsys):
     for a, b in zip(outs["maml"], outs["maml-chain"]):
         assert a.dtype == np.float64
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
+
+
+def test_imaml_settings_reach_the_config(tmp_path, capsys):
+    out = str(tmp_path / "im")
+    assert run_cli(["train", *SMALL, "--algo", "imaml", "--lam", "100", "--cg-steps", "3",
+                    "--on-negative-curvature", "stop", "--iterations", "2", "--out", out],
+                   capsys)[0] == 0
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["lam"] == 100.0 and cfg["cg_steps"] == 3
+    assert cfg["on_negative_curvature"] == "stop" and cfg["inner_steps"] == 5

@@ -105,6 +105,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     a("--cg-steps", type=_positive_int, default=None, help="iMAML CG iterations (5)")
     a("--cg-tol", type=float, default=None, help="iMAML CG relative tolerance (0)")
     a("--damping", type=float, default=None, help="iMAML damping (0)")
+    a("--on-negative-curvature", choices=("continue", "stop"), default=None,
+      help="iMAML CG on pᵀAp <= 0: go on as plain CG (default) or stop that task")
     a("--checkpoint-every", type=_positive_int, default=None, help="iterations (1000)")
     a("--log-every", type=_positive_int, default=None, help="iterations per log line (100)")
     a("--skip-nonfinite", action="store_true", default=None,

@@ -61,6 +61,7 @@ class TrainConfig:
     cg_steps: int = 5
     cg_tol: float = 0.0
     damping: float = 0.0
+    on_negative_curvature: str = "continue"
     checkpoint_every: int = 1000
     log_every: int = 100
     skip_nonfinite: bool = False
@@ -104,6 +105,9 @@ class TrainConfig:
             raise ValueError(f"--dtype must be float32 or float64; got {self.dtype!r}")
         if self.init not in ("fan_in", "finn"):
             raise ValueError(f"--init must be fan_in or finn; got {self.init!r}")
+        if self.on_negative_curvature not in ("continue", "stop"):
+            raise ValueError("--on-negative-curvature must be continue or stop; got "
+                             f"{self.on_negative_curvature!r}")
         if self.lam <= 0:
             raise ValueError(f"--lam must be > 0; got {self.lam}")
         if self.inner_lr <= 0 or (self.outer_lr is not None and self.outer_lr <= 0):
@@ -183,7 +187,8 @@ def meta_gradient(cfg: TrainConfig, setup: Any, model: dict, batch: Any) -> tupl
         g, info = meta.reptile(f, theta, batch, a, T)
     elif cfg.algo == "imaml":
         g, info = meta.imaml(f, theta, batch, a, T, lam=cfg.lam, cg_steps=cfg.cg_steps,
-                             cg_tol=cfg.cg_tol, damping=cfg.damping)
+                             cg_tol=cfg.cg_tol, damping=cfg.damping,
+                             on_negative_curvature=cfg.on_negative_curvature)
     elif cfg.algo == "metasgd":
         (g, g_lrs), info = meta.metasgd(f, theta, model["lrs"], batch, T)
         return {"theta": g, "lrs": g_lrs}, info
