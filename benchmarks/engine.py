@@ -107,6 +107,10 @@ def mlp_ratios(sizes: list[int], x_shape: tuple, seed: int = 0) -> dict:
     t_fwd = median_seconds(lambda: loss(params))
     t_grad = median_seconds(lambda: g(params))
     t_hvp = median_seconds(lambda: tm.hvp(loss, (params,), (v,)))
+    # the same gradient replayed as a flat program (tm.compile): the kernels alone, no tape
+    cg = tm.compile(g)
+    cg(params)
+    t_replay = median_seconds(lambda: cg(params))
     return {
         "sizes": sizes,
         "x_shape": list(x_shape),
@@ -115,6 +119,8 @@ def mlp_ratios(sizes: list[int], x_shape: tuple, seed: int = 0) -> dict:
         "hvp_ms": 1e3 * t_hvp,
         "grad_over_forward": t_grad / t_fwd,
         "hvp_over_grad": t_hvp / t_grad,
+        "grad_replay_ms": 1e3 * t_replay,
+        "replay_over_forward": t_replay / t_fwd,
     }
 
 
@@ -158,11 +164,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  bare numpy forward + backward    {o['bare_fwd_bwd_us_per_primitive']:7.2f}")
     print(f"  tm.grad (record + sweep)         {o['grad_us_per_primitive']:7.2f}"
           f"   (+{o['record_plus_sweep_overhead_us']:.2f} over bare)")
-    print("\nMLP losses (float32)            forward ms   grad ms    hvp ms   grad/fwd  hvp/grad")
+    print("\nMLP losses (float32)            forward ms   grad ms    hvp ms   grad/fwd  hvp/grad"
+          "  replay/fwd")
     for m in res["mlp"]:
         name = "-".join(map(str, m["sizes"])) + " x" + "x".join(map(str, m["x_shape"][:-1]))
         print(f"  {name:30s} {m['forward_ms']:9.3f} {m['grad_ms']:9.3f} {m['hvp_ms']:9.3f}"
-              f" {m['grad_over_forward']:9.2f} {m['hvp_over_grad']:9.2f}")
+              f" {m['grad_over_forward']:9.2f} {m['hvp_over_grad']:9.2f}"
+              f" {m['replay_over_forward']:10.2f}")
+    print("  (replay/fwd: the gradient replayed by tm.compile, kernels only, over the forward)")
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as fh:
