@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from . import distributed
 from . import train as _train
 
 EXIT_USAGE = 2
@@ -115,6 +116,12 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     a("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     a("--no-progress", action="store_true", help="no progress bar or log lines")
     a("--stop-after", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    a("--mpi", action="store_true", help="data-parallel over MPI ranks (automatic under "
+      "mpiexec); needs the mpi extra")
+    a("--mpi-timeout", type=_positive_float, default=None,
+      help="seconds a rank may wait in a collective before it aborts the job (60)")
+    a("--mpi-check-every", type=_positive_int, default=None,
+      help="compare the ranks' parameter hashes every N iterations (100)")
     p.set_defaults(func=cmd_train)
 
 
@@ -124,6 +131,8 @@ def _given(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    world = distributed.init(force=args.mpi, timeout=args.mpi_timeout,
+                             check_every=args.mpi_check_every)
     given = _given(args)
     if args.resume:
         cfg = _train.load_config(args.out)
@@ -139,6 +148,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = _train.TrainConfig(**given)
     _train.train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
                  stop_after=args.stop_after)
+    if not world.is_root:
+        return 0
     if args.stop_after is not None and args.stop_after < cfg.iterations:
         print(f"stopped after iteration {args.stop_after}: "
               f"{os.path.join(args.out, 'checkpoint.npz')} (continue with --resume)")
@@ -336,8 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CLIError, _train.TrainingError, ValueError, OSError, ImportError) as e:
-        print(f"tinymeta {args.command}: error: {e}", file=sys.stderr)
+    except (CLIError, _train.TrainingError, distributed.DistributedError, ValueError, OSError,
+            ImportError) as e:
+        # one process: print; MPI: once if every rank failed alike, else abort the job
+        distributed.report_error(f"tinymeta {args.command}: error: {e}", e)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"tinymeta {args.command}: interrupted", file=sys.stderr)

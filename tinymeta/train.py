@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import io, kernels, meta, nn, ops, optim
+from . import distributed, io, kernels, meta, nn, ops, optim
 from .meta.common import adapt_path, tree_is_finite
 from .tasks.sinusoid import Sinusoid
 from .tree import tree_map
@@ -335,16 +335,21 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = Tru
         TrainingError: a non-finite meta-gradient (unless ``cfg.skip_nonfinite``), or a
             run folder that does not fit.
     """
+    world = distributed.world()  # one process, or this rank of an MPI job
     cfg = cfg.resolved()
-    cfg.validate()
+    with distributed.same_on_all_ranks():
+        cfg.validate()
+        world.local_tasks(cfg.meta_batch)  # B divisible by the number of ranks
     if cfg.backend is not None:
         kernels.set_backend(cfg.backend)
     setup = TASKS[cfg.task](cfg)
     os.makedirs(out, exist_ok=True)
+    world.describe_run(out)
     log_path = os.path.join(out, "train.jsonl")
     if resume:
         model, opt_state, start, skipped, rng, elapsed = load_checkpoint(out)
-        _truncate_log(log_path, start)
+        if world.is_root:
+            _truncate_log(log_path, start)
     else:
         if os.path.exists(os.path.join(out, "checkpoint.npz")):
             raise TrainingError(f"{out} already holds a run; pass --resume to continue it or "
@@ -353,28 +358,33 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = Tru
         opt_state = None
         start, skipped, elapsed = 0, 0, 0.0
         rng = np.random.default_rng(cfg.seed)
-        if os.path.exists(log_path):
+        if world.is_root and os.path.exists(log_path):
             os.unlink(log_path)
-    write_json(os.path.join(out, "config.json"), cfg.to_json())
+    if world.is_root:  # only rank 0 writes into the run folder
+        write_json(os.path.join(out, "config.json"), cfg.to_json())
     opt = make_optimizer(cfg)
     if opt_state is None:
         opt_state = opt.init(model)
     end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
-    bar = _Progress(start, cfg.iterations, progress, cfg.log_every)
+    bar = _Progress(start, cfg.iterations, progress and world.is_root, cfg.log_every)
     window: list = []
     t_last = time.perf_counter()
     try:
-        with open(log_path, "a") as log:
+        with open(log_path if world.is_root else os.devnull, "a") as log:
             for it in range(start + 1, end + 1):
-                batch = setup.sample(rng, cfg.meta_batch, cfg.shots, cfg.query)
+                # every rank draws the full batch and keeps its B/P tasks (P = 1: all)
+                batch = world.shard(setup.sample(rng, cfg.meta_batch, cfg.shots, cfg.query))
                 with np.errstate(over="ignore", invalid="ignore"):  # checked just below
                     grads, info = meta_gradient(cfg, setup, model, batch)
+                # P > 1: the mean over ranks (one Allreduce), info with all B tasks' losses
+                grads, info = world.allreduce_mean(grads, info, it,
+                                                   ((model, opt_state), (rng, skipped)))
                 if not tree_is_finite(grads):
                     if not cfg.skip_nonfinite:
-                        raise TrainingError(
+                        raise distributed.on_all_ranks(TrainingError(
                             f"iteration {it}: the meta-gradient is not finite (NaN or Inf); "
                             "lower the learning rates, or pass --skip-nonfinite to skip such "
-                            "steps")
+                            "steps"))
                     skipped += 1
                 else:
                     model, opt_state = opt.update(grads, opt_state, model)
@@ -391,11 +401,11 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = Tru
                     log.write(json.dumps(record) + "\n")
                     log.flush()
                     window = []
-                if it % cfg.checkpoint_every == 0 or it == end:
+                if world.is_root and (it % cfg.checkpoint_every == 0 or it == end):
                     save_checkpoint(out, model, opt_state, it, skipped, rng, elapsed)
     finally:
         bar.close()
-    if end == cfg.iterations:
+    if end == cfg.iterations and world.is_root:
         io.save(os.path.join(out, "params.npz"), model["theta"])
         if "lrs" in model:
             io.save(os.path.join(out, "lrs.npz"), model["lrs"])
