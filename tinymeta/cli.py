@@ -2,7 +2,8 @@
 
 Each subcommand is registered by an ``add_<name>(subparsers)`` function that adds its
 parser and sets ``func``; :data:`COMMANDS` lists them, so another module can add one
-(``bench``) by appending to it. Tasks come from :data:`tinymeta.train.TASKS`.
+(``bench``) by appending to it. Tasks come from :data:`tinymeta.train.TASKS`; Omniglot
+(``--task omniglot``, ``eval`` of its runs, ``eval-runs``) from :mod:`tinymeta.classify`.
 
 Bad arguments and failed runs end with one line on stderr and a non-zero exit status,
 never a traceback.
@@ -15,6 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from . import classify as _classify
 from . import distributed
 from . import train as _train
 
@@ -85,7 +87,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "5 for reptile and imaml, else 1; reptile uses SGD with outer lr 0.1 annealed "
         "linearly to 0, the others Adam at 0.001."))
     a = p.add_argument
-    a("--task", choices=sorted(_train.TASKS), default=None, help="task family (sinusoid)")
+    a("--task", choices=sorted({*_train.TASKS, "omniglot"}), default=None,
+      help="task family (sinusoid; omniglot: see the options below)")
     a("--algo", choices=_train.ALGOS, default=None, help="algorithm (default maml)")
     a("--shots", type=_positive_int, default=None, help="K support points per task (10)")
     a("--query", type=_positive_int, default=None, help="query points per task (default K)")
@@ -122,7 +125,37 @@ def add_train(sub: argparse._SubParsersAction) -> None:
       help="seconds a rank may wait in a collective before it aborts the job (60)")
     a("--mpi-check-every", type=_positive_int, default=None,
       help="compare the ranks' parameter hashes every N iterations (100)")
+    _add_omniglot_train_options(p)
     p.set_defaults(func=cmd_train)
+
+
+def _add_omniglot_train_options(p: argparse.ArgumentParser) -> None:
+    """Options of --task omniglot (tinymeta.classify); defaults in ClassifyConfig."""
+    g = p.add_argument_group("omniglot", "N-way K-shot Omniglot with the BN MLP 784-256-128-"
+                             "64-64-N; defaults: 20-way 1-shot, 5 inner steps at 0.1, "
+                             "meta-batch 16, 3000 iterations")
+    a = g.add_argument
+    a("--data", action="append", default=None, metavar="DIR_OR_ZIPS",
+      help="Omniglot zips or folders, repeatable or comma-separated (default: the two "
+      "minimal background splits under ../shared/data/omniglot)")
+    a("--ways", type=_positive_int, default=None, help="N classes per task (20)")
+    a("--val-alphabets", default=None, metavar="NAMES",
+      help="alphabets held out to choose the checkpoint, comma-separated (Tagalog)")
+    a("--test-alphabets", default=None, metavar="NAMES",
+      help="alphabets held out of training and validation, for tinymeta eval (none)")
+    a("--augment", action=argparse.BooleanOptionalAction, default=None,
+      help="light random shifts, scales and shears of every image (off)")
+    a("--bn", action=argparse.BooleanOptionalAction, default=None,
+      help="batch norm after each hidden linear map (on)")
+    a("--bn-adapt", action=argparse.BooleanOptionalAction, default=None,
+      help="adapt the BN shift in the inner loop (default: held out for maml and fomaml; "
+      "reptile and imaml adapt every parameter)")
+    a("--eval-every", type=_positive_int, default=None, help="iterations per validation (250)")
+    a("--patience", type=_nonneg_int, default=None,
+      help="validations without improvement before stopping; 0: never (4)")
+    a("--val-tasks", type=_positive_int, default=None, help="validation tasks (200)")
+    a("--compile", action="store_true", default=None,
+      help="record the meta-gradient step once with tm.compile and replay it")
 
 
 def _given(args: argparse.Namespace) -> dict:
@@ -131,6 +164,10 @@ def _given(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if _classify.wants_omniglot(vars(args)):
+        print(_classify.train_from_args(vars(args)))
+        return 0
+    _classify.refuse_omniglot_options(vars(args), args.task or "sinusoid")
     world = distributed.init(force=args.mpi, timeout=args.mpi_timeout,
                              check_every=args.mpi_check_every)
     given = _given(args)
@@ -166,26 +203,80 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     a = p.add_argument
     a("dir", help="the run folder")
     a("--tasks", type=_positive_int, default=600, help="test tasks (600)")
-    a("--steps", default="0..10", help="test-time gradient steps: A..B inclusive, or a,b,c")
+    a("--steps", default=None, help="test-time gradient steps: A..B inclusive, or a,b,c "
+      "(0..10; omniglot: 0 and the training T)")
     a("--eval-seed", type=int, default=1000, help="seed of the test tasks (1000)")
-    a("--query", type=_positive_int, default=100, help="query points per test task (100)")
+    a("--query", type=_positive_int, default=None,
+      help="query points per test task (100; omniglot: per class, default the training Q)")
     a("--shots", type=_positive_int, default=None, help="support points (default: training K)")
     a("--inner-lr", type=_positive_float, default=None, help="α (default: training α)")
     a("--backend", choices=("numpy", "numba", "cupy"), default=None, help="array backend")
+    a("--data", action="append", default=None, metavar="DIR_OR_ZIPS",
+      help="omniglot: the data to draw test tasks from (default: the run's)")
+    a("--alphabets", default=None, metavar="NAMES",
+      help="omniglot: test alphabets, comma-separated (default: the run's test alphabets, "
+      "else its validation alphabets)")
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    steps = _train.parse_steps(args.steps)
+    steps = _train.parse_steps(args.steps or "0..10")
     if args.backend is not None:
         from . import kernels
 
         kernels.set_backend(args.backend)
+    if _classify.is_classify_run(args.dir):
+        report = _classify.evaluate(
+            args.dir, tasks=args.tasks, steps=None if args.steps is None else steps,
+            eval_seed=args.eval_seed, data=_classify.split_names(args.data),
+            alphabets=_classify.split_names(args.alphabets), shots=args.shots,
+            query=args.query, inner_lr=args.inner_lr)
+        print(_classify.format_eval(report))
+        return 0
+    if args.data is not None or args.alphabets is not None:
+        raise CLIError("--data and --alphabets apply to omniglot runs only")
+    query = 100 if args.query is None else args.query
     report = _train.evaluate(args.dir, tasks=args.tasks, steps=steps, eval_seed=args.eval_seed,
-                             query=args.query, shots=args.shots, inner_lr=args.inner_lr)
+                             query=query, shots=args.shots, inner_lr=args.inner_lr)
     print(f"{report['algo']}: K = {report['shots']}, {report['tasks']} test tasks "
           f"(eval seed {report['eval_seed']}), {report['query']} query points each")
     print(_train.format_table(report))
+    return 0
+
+
+# ---- eval-runs ---------------------------------------------------------------------------
+
+
+def add_eval_runs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval-runs", help="score a model and the MHD baseline on the official "
+                       "20-way one-shot Omniglot runs", description=(
+                           "Lake et al.'s one-shot runs: adapt on the 20 training images, "
+                           "classify the 20 test items (batch norm with the test items' own "
+                           "statistics), error = share wrong, mean over runs. The Modified "
+                           "Hausdorff baseline is scored in the same run beside the model."))
+    a = p.add_argument
+    a("--runs", default=None, metavar="PATH_OR_ZIP",
+      help="a zip or folder with runNN/ folders (default: the runs zip under "
+      "../shared/data/omniglot)")
+    a("--model", default=None, metavar="RUNDIR", help="a 20-way omniglot run folder")
+    a("--baseline", choices=("mhd",), default=None,
+      help="mhd: score the Modified Hausdorff baseline (alone when no --model)")
+    a("--steps", type=_nonneg_int, default=None, help="adaptation steps (the training T)")
+    a("--backend", choices=("numpy", "numba", "cupy"), default=None, help="array backend")
+    p.set_defaults(func=cmd_eval_runs)
+
+
+def cmd_eval_runs(args: argparse.Namespace) -> int:
+    runs = args.runs or _classify.default_runs()
+    if runs is None:
+        raise CLIError("no --runs given and none found under ../shared/data/omniglot")
+    if args.model is None and args.baseline is None:
+        raise CLIError("give --model RUNDIR, or --baseline mhd for the baseline alone")
+    if args.backend is not None:
+        from . import kernels
+
+        kernels.set_backend(args.backend)
+    print(_classify.format_runs(_classify.eval_runs(runs, model=args.model, steps=args.steps)))
     return 0
 
 
@@ -328,7 +419,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_train, add_eval, add_plot,
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_train, add_eval,
+                                                                 add_eval_runs, add_plot,
                                                                  add_bench]
 
 
