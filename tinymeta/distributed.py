@@ -35,11 +35,21 @@ environment (``PMI_RANK``/``PMI_SIZE`` of MPICH's hydra, ``OMPI_COMM_WORLD_*`` o
 forces it), so the single-process path never needs it. A rank that dies (SIGKILL, OOM)
 makes ``mpiexec`` kill the whole job within about a second (MPICH's hydra reports "BAD
 TERMINATION"). A rank that *hangs* is caught by a watchdog thread: each collective is
-given a deadline (``timeout`` seconds), and a rank that waits past it prints which
-collective it waited in and calls ``COMM_WORLD.Abort(1)``. An error raised on one rank only
-(an unwritable run folder on rank 0) also aborts, so that the others never wait forever;
-an error raised identically on every rank (a bad setting, a non-finite averaged
-meta-gradient, a hash mismatch) ends every rank normally and is printed once, by rank 0.
+given a deadline (``timeout`` seconds; the first Allreduce, which also waits for the
+slowest rank to start, at least ``STARTUP_TIMEOUT_S``), and a rank that waits past it
+prints which collective it waited in and calls ``COMM_WORLD.Abort(1)``. An error raised on
+one rank only (an unwritable run folder on rank 0) also aborts, so that the others never
+wait forever; an error raised identically on every rank (a bad setting, a non-finite
+averaged meta-gradient, a hash mismatch) ends every rank normally and is printed once, by
+rank 0.
+
+The task sampler and the run folder. Every rank holds the same sampler Generator, seeded
+by ``--seed`` and advanced only by drawing the meta-batches, so the batch of iteration i
+is a function of (seed, i) alone and is the same on every rank; the checkpoint stores the
+Generator's state, so a resumed run draws what the uninterrupted one would (and the
+single-process stream is the one it always was). Only rank 0 writes (config, log,
+checkpoints, params; atomically); every rank reads the run folder on ``--resume``, so
+ranks on several machines need it on a shared filesystem.
 """
 
 from __future__ import annotations
@@ -62,6 +72,7 @@ from .tree import tree_flatten, tree_map, tree_unflatten
 
 INSTALL_HINT = 'pip install -e ".[mpi]"  (or: pip install mpi4py mpich)'
 DEFAULT_TIMEOUT_S = 60.0
+STARTUP_TIMEOUT_S = 120.0  # the first Allreduce of a run waits at least this long
 DEFAULT_CHECK_EVERY = 100
 _GRACE_S = 1.0
 
@@ -151,14 +162,15 @@ class _Watchdog:
         self.world = world
         self.deadline: float | None = None
         self.what = ""
+        self.waited = world.timeout
         self._thread = threading.Thread(target=self._run, name="tinymeta-mpi-watchdog",
                                         daemon=True)
         self._thread.start()
 
     @contextlib.contextmanager
-    def guard(self, what: str) -> Iterator[None]:
-        self.what = what
-        self.deadline = time.monotonic() + self.world.timeout
+    def guard(self, what: str, timeout: float) -> Iterator[None]:
+        self.what, self.waited = what, timeout
+        self.deadline = time.monotonic() + timeout
         try:
             yield
         finally:
@@ -172,7 +184,7 @@ class _Watchdog:
             if deadline is not None and time.monotonic() > deadline:
                 w = self.world
                 print(f"tinymeta: error: rank {w.rank} of {w.size} waited more than "
-                      f"{w.timeout:g} s in {self.what}: another rank is lost or hung; "
+                      f"{self.waited:g} s in {self.what}: another rank is lost or hung; "
                       f"stopping the job (MPI_Abort){w.resume_hint}", file=sys.stderr,
                       flush=True)
                 w.abort(1)
@@ -323,7 +335,8 @@ class World:
             buf[o_hash + r] = float(state_hash(*state))
         where = "the Allreduce" + (f" of iteration {iteration}" if iteration is not None else "")
         t0 = time.perf_counter()
-        with self._guard(where):
+        # the first one also waits for the slowest start (imports, JIT, loading a checkpoint)
+        with self._guard(where, STARTUP_TIMEOUT_S if self.allreduce_calls == 0 else None):
             self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
         self.allreduce_s += time.perf_counter() - t0
         self.allreduce_calls += 1
@@ -357,8 +370,11 @@ class World:
             f"ranks{where} ({parts}); the ranks no longer train the same model, stopping",
             all_ranks=True)
 
-    def _guard(self, what: str) -> contextlib.AbstractContextManager:
-        return self._watchdog.guard(what) if self._watchdog else contextlib.nullcontext()
+    def _guard(self, what: str, at_least: float | None = None
+               ) -> contextlib.AbstractContextManager:
+        if self._watchdog is None:
+            return contextlib.nullcontext()
+        return self._watchdog.guard(what, max(self.timeout, at_least or 0.0))
 
     def allgather_int(self, value: int, what: str = "an Allgather") -> list[int]:
         """Every rank's ``value`` (a guarded Allgather of one int64), for tests and checks."""
