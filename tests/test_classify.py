@@ -1,0 +1,269 @@
+"""Omniglot meta-training, validation, early stopping, resume and eval (tinymeta.classify),
+on a small synthetic data set in the Omniglot layout that the tests write themselves, plus
+checks on the real background splits when they are present."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("PIL", reason='Pillow is needed to decode PNGs: pip install -e ".[data]"')
+from PIL import Image, ImageDraw  # noqa: E402
+
+import tinymeta as tm  # noqa: E402
+from tinymeta import classify, io  # noqa: E402
+from tinymeta.cli import main  # noqa: E402
+from tinymeta.tasks.base import TaskBatch  # noqa: E402
+from tinymeta.train import TrainingError  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
+SMALL = [DATA / "images_background_small1.zip", DATA / "images_background_small2.zip"]
+needs_data = pytest.mark.skipif(not all(p.exists() for p in SMALL),
+                                reason=f"real Omniglot files not found under {DATA}")
+
+ALPHABETS = {"Alpha": 3, "Beta": 2, "Gamma": 2}  # characters per alphabet
+N_DRAWERS = 20
+
+
+def draw(character: int, drawer: int) -> Image.Image:
+    """A 105x105 one-bit drawing: the character's strokes, jittered by the drawer."""
+    shape = np.random.default_rng(character).integers(20, 85, size=(3, 4))
+    jitter = np.random.default_rng(1000 * character + drawer).integers(-4, 5, size=(3, 4))
+    im = Image.new("1", (105, 105), 1)
+    d = ImageDraw.Draw(im)
+    for line in shape + jitter:
+        d.line([tuple(line[:2]), tuple(line[2:])], fill=0, width=4)
+    return im
+
+
+def write_zip(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        c = 0
+        for alpha, n in ALPHABETS.items():
+            for k in range(1, n + 1):
+                for d in range(1, N_DRAWERS + 1):
+                    buf = _png_bytes(draw(c, d))
+                    zf.writestr(f"images_background/{alpha}/character{k:02d}/{c:04d}_{d:02d}.png",
+                                buf)
+                c += 1
+    return path
+
+
+def _png_bytes(im: Image.Image) -> bytes:
+    import io as _io
+
+    b = _io.BytesIO()
+    im.save(b, format="PNG")
+    return b.getvalue()
+
+
+@pytest.fixture(scope="module")
+def data_zip(tmp_path_factory) -> str:
+    return str(write_zip(tmp_path_factory.mktemp("omniglot") / "images_background.zip"))
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TINYMETA_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def tiny(data_zip: str, **kw) -> classify.ClassifyConfig:
+    """A config small enough to train in a second: 3-way 1-shot, hidden 8,8."""
+    base = dict(data=(data_zip,), ways=3, shots=1, query=2, hidden=(8, 8), meta_batch=2,
+                inner_steps=1, iterations=6, eval_every=2, val_tasks=4, log_every=2,
+                checkpoint_every=3, val_alphabets=("Beta",), dtype="float64")
+    base.update(kw)
+    return classify.ClassifyConfig(**base)
+
+
+# ---- settings -----------------------------------------------------------------------------
+
+
+def test_split_names_takes_commas_and_repeats():
+    assert classify.split_names(["a,b", " c "]) == ("a", "b", "c")
+    assert classify.split_names("x") == ("x",)
+    assert classify.split_names(None) == ()
+
+
+def test_bn_adapt_defaults_and_refusals(data_zip):
+    assert tiny(data_zip).resolved().bn_adapt is False  # Finn et al.: BN held out
+    assert tiny(data_zip, algo="reptile").resolved().bn_adapt is True
+    with pytest.raises(ValueError, match="adapts every parameter"):
+        tiny(data_zip, algo="imaml", bn_adapt=False).resolved().validate()
+    with pytest.raises(ValueError, match="not available for omniglot"):
+        tiny(data_zip, algo="metasgd").resolved().validate()
+    with pytest.raises(ValueError, match="both validation and test"):
+        tiny(data_zip, test_alphabets=("Beta",)).resolved().validate()
+
+
+def test_splits_are_disjoint_by_alphabet(data_zip):
+    train, val, test = classify.load_splits(tiny(data_zip, test_alphabets=("Gamma",)).resolved())
+    assert train.alphabets == ["Alpha"] and val.alphabets == ["Beta"]
+    assert test.alphabets == ["Gamma"]
+    assert train.num_classes == 3 * 4  # rotations are classes of their own
+
+
+def test_too_few_classes_is_an_error(data_zip):
+    with pytest.raises(ValueError, match="fewer than 9-way"):
+        classify.load_splits(tiny(data_zip, ways=9).resolved())
+
+
+# ---- the pieces ---------------------------------------------------------------------------
+
+
+def test_task_accuracies_hard_coded():
+    """With all-zero output weights every logit ties, argmax says class 0: accuracy 1/N."""
+    params = classify.init_params(classify.ClassifyConfig(ways=4, hidden=(5,), dtype="float64"))
+    params[-1]["W"] = np.zeros_like(params[-1]["W"])
+    params[-1]["b"] = np.zeros_like(params[-1]["b"])
+    rng = np.random.default_rng(0)
+    y = np.tile(np.arange(4), (3, 2))
+    batch = TaskBatch(rng.random((3, 8, 784)), y, rng.random((3, 8, 784)), y)
+    acc = classify.task_accuracies(params, batch, 0.1, [0], chunk=2)
+    np.testing.assert_array_equal(acc[0], [0.25, 0.25, 0.25])
+
+
+def test_accuracy_summary_interval():
+    s = classify.accuracy_summary(np.array([1.0, 0.5, 0.5, 0.0]))
+    assert s["mean"] == pytest.approx(50.0)
+    assert s["ci95"] == pytest.approx(1.96 * np.std([100, 50, 50, 0], ddof=1) / 2)
+
+
+@pytest.mark.parametrize("algo", classify.ALGOS)
+def test_compiled_step_is_bitwise_eager(data_zip, algo):
+    cfg = tiny(data_zip, algo=algo, inner_steps=2, cg_steps=2).resolved()
+    train, _, _ = classify.load_splits(cfg)
+    params = classify.init_params(cfg)
+    mask = classify.adapt_mask(cfg, params)
+    eager = classify.make_step(cfg, mask)
+    compiled = classify.make_step(classify.ClassifyConfig(**{**cfg.__dict__, "compile": True}),
+                                  mask)
+    with tm.use_backend("numpy"):
+        for seed in (0, 1):  # the second call replays the recorded tape
+            batch = classify.to_backend(train.sample(2, 3, 1, 2, seed=seed))
+            g1, i1 = eager(params, batch)
+            g2, i2 = compiled(params, batch)
+            for a, b in zip(tm.tree_leaves(g1), tm.tree_leaves(g2)):
+                np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(i1["query_loss"], i2["query_loss"])
+
+
+# ---- training -----------------------------------------------------------------------------
+
+
+def test_train_writes_a_run_and_chooses_on_validation(data_zip, tmp_path):
+    out = str(tmp_path / "run")
+    result = classify.train(tiny(data_zip), out, progress=False)
+    for name in ("config.json", "train.jsonl", "val.jsonl", "checkpoint.npz", "best.npz",
+                 "params.npz", "result.json"):
+        assert (tmp_path / "run" / name).exists(), name
+    val = [json.loads(line) for line in open(tmp_path / "run" / "val.jsonl")]
+    assert [r["iteration"] for r in val] == [2, 4, 6]
+    best = max(val, key=lambda r: (r["accuracy"], -r["iteration"]))
+    assert result["best_iteration"] == best["iteration"]
+    assert result["best_val_accuracy"] == pytest.approx(best["accuracy"])
+    chosen, meta_info = io.load(tmp_path / "run" / "best.npz", with_metadata=True)
+    assert meta_info["iteration"] == best["iteration"]
+    for a, b in zip(tm.tree_leaves(io.load(tmp_path / "run" / "params.npz")),
+                    tm.tree_leaves(chosen)):
+        np.testing.assert_array_equal(a, b)
+    assert result["s_per_iteration"] > 0 and result["finished"]
+
+
+def test_early_stopping(data_zip, tmp_path):
+    """A vanishing outer lr keeps validation flat: with patience 2 the run stops at the third
+    validation and keeps the first."""
+    cfg = tiny(data_zip, outer_lr=1e-30, patience=2, iterations=40)
+    result = classify.train(cfg, str(tmp_path / "run"), progress=False)
+    assert result["stopped_early"] and result["iteration"] == 6
+    assert result["best_iteration"] == 2
+
+
+def test_resume_is_bit_for_bit(data_zip, tmp_path):
+    cfg = tiny(data_zip, augment=True, iterations=8)
+    classify.train(cfg, str(tmp_path / "a"), progress=False)
+    partial = classify.train(cfg, str(tmp_path / "b"), progress=False, stop_after=5)
+    assert not partial["finished"]
+    classify.train(cfg, str(tmp_path / "b"), resume=True, progress=False)
+    for name in ("params.npz", "best.npz"):
+        for a, b in zip(tm.tree_leaves(io.load(tmp_path / "a" / name)),
+                        tm.tree_leaves(io.load(tmp_path / "b" / name))):
+            np.testing.assert_array_equal(a, b)
+    ca = io.load(tmp_path / "a" / "checkpoint.npz")["model"]
+    cb = io.load(tmp_path / "b" / "checkpoint.npz")["model"]
+    for a, b in zip(tm.tree_leaves(ca), tm.tree_leaves(cb)):
+        np.testing.assert_array_equal(a, b)
+    va = (tmp_path / "a" / "val.jsonl").read_text().splitlines()
+    vb = (tmp_path / "b" / "val.jsonl").read_text().splitlines()
+    assert [json.loads(x)["accuracy"] for x in va] == [json.loads(x)["accuracy"] for x in vb]
+
+
+def test_an_existing_run_is_not_overwritten(data_zip, tmp_path):
+    classify.train(tiny(data_zip, iterations=2), str(tmp_path), progress=False)
+    with pytest.raises(TrainingError, match="already holds a run"):
+        classify.train(tiny(data_zip, iterations=2), str(tmp_path), progress=False)
+
+
+# ---- the command line ---------------------------------------------------------------------
+
+
+def test_cli_train_eval(data_zip, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    rc = main(["train", "--task", "omniglot", "--data", data_zip, "--ways", "3",
+               "--query", "2", "--hidden", "8,8", "--meta-batch", "2", "--inner-steps", "1",
+               "--iterations", "4", "--eval-every", "2", "--val-tasks", "4",
+               "--val-alphabets", "Beta", "--test-alphabets", "Gamma", "--bn-adapt",
+               "--compile", "--no-progress", "--out", out])
+    assert rc == 0
+    assert "chosen on validation" in capsys.readouterr().out
+    cfg = classify.load_config(out)
+    assert cfg.bn_adapt is True and cfg.compile is True and cfg.test_alphabets == ("Gamma",)
+    rc = main(["eval", out, "--tasks", "30"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "3-way 1-shot, 30 test tasks" in text and "Gamma (test" in text
+    rows = [line.split() for line in text.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["0", "1"]
+    assert all(r[1].endswith("%") and r[2].endswith("%") for r in rows)
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["accuracy"]["1"]["tasks"] == 30
+
+
+def test_cli_refuses_omniglot_options_elsewhere(tmp_path, capsys):
+    rc = main(["train", "--task", "sinusoid", "--ways", "5", "--out", str(tmp_path)])
+    assert rc == 1
+    assert "--ways applies to --task omniglot only" in capsys.readouterr().err
+
+
+def test_cli_resume_keeps_settings(data_zip, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    args = ["train", "--task", "omniglot", "--data", data_zip, "--ways", "3", "--hidden", "8",
+            "--meta-batch", "2", "--inner-steps", "1", "--iterations", "4", "--val-tasks", "2",
+            "--val-alphabets", "Beta", "--no-progress", "--out", out]
+    assert main(args + ["--stop-after", "2"]) == 0
+    assert "continue with --resume" in capsys.readouterr().out
+    assert main(["train", "--resume", "--ways", "4", "--out", out]) == 1
+    assert "differs from the run's" in capsys.readouterr().err
+    assert main(["train", "--resume", "--no-progress", "--out", out]) == 0
+
+
+# ---- the real background splits -------------------------------------------------------------
+
+
+@needs_data
+def test_real_splits_hold_out_the_validation_alphabets():
+    cfg = classify.ClassifyConfig(data=tuple(map(str, SMALL))).resolved()
+    train, val, test = classify.load_splits(cfg)
+    assert test is None
+    assert val.alphabets == ["Tagalog"] and val.num_characters == 17
+    assert "Tagalog" not in train.alphabets
+    assert train.num_characters == 242 - 17 and train.num_classes == 4 * 225
+
+
+@needs_data
+def test_default_data_finds_the_two_small_splits():
+    assert [Path(p).name for p in classify.default_data()] == [p.name for p in SMALL]

@@ -1,0 +1,142 @@
+"""``tinymeta eval-runs``: a model on Lake et al.'s 20-way one-shot runs beside the MHD
+baseline (tinymeta.classify.eval_runs), on hand-written runs and on the real ten runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("PIL", reason='Pillow is needed to decode PNGs: pip install -e ".[data]"')
+from PIL import Image, ImageDraw  # noqa: E402
+
+import tinymeta as tm  # noqa: E402
+from tinymeta import classify, io, nn  # noqa: E402
+from tinymeta.cli import main  # noqa: E402
+from tinymeta.tasks.oneshot_runs import load_runs  # noqa: E402
+from tinymeta.train import write_json  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
+RUNS_ZIP = DATA / "one_shot_runs_01-10.zip"
+needs_runs = pytest.mark.skipif(not RUNS_ZIP.exists(), reason=f"{RUNS_ZIP} not found")
+LINE = re.compile(r"^run\d\d error \d+\.\d%  \(mhd \d+\.\d%\)$")
+
+
+def drawing(character: int, variant: int) -> Image.Image:
+    shape = np.random.default_rng(character).integers(15, 90, size=(3, 4))
+    jitter = np.random.default_rng(100 * character + variant).integers(-3, 4, size=(3, 4))
+    im = Image.new("1", (105, 105), 1)
+    d = ImageDraw.Draw(im)
+    for line in shape + jitter:
+        d.line([tuple(line[:2]), tuple(line[2:])], fill=0, width=3)
+    return im
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory) -> Path:
+    """Two 20-way runs under one top folder; item k of run r answers class perm_r[k]."""
+    root = tmp_path_factory.mktemp("runs") / "all_runs"
+    for r in (1, 2):
+        run = root / f"run{r:02d}"
+        (run / "training").mkdir(parents=True)
+        (run / "test").mkdir()
+        perm = np.random.default_rng(r).permutation(20)
+        lines = []
+        for c in range(20):
+            drawing(100 * r + c, 0).save(run / "training" / f"class{c + 1:02d}.png")
+        for k in range(20):
+            drawing(100 * r + perm[k], 1).save(run / "test" / f"item{k + 1:02d}.png")
+            lines.append(f"run{r:02d}/test/item{k + 1:02d}.png "
+                         f"run{r:02d}/training/class{perm[k] + 1:02d}.png")
+        (run / "class_labels.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_model(folder: Path, ways: int = 20, bn_adapt: bool = False, seed: int = 0) -> str:
+    """A run folder by hand: config.json and params.npz of a random BN MLP."""
+    cfg = classify.ClassifyConfig(ways=ways, hidden=(16, 8), inner_steps=3, inner_lr=0.5,
+                                  bn_adapt=bn_adapt, seed=seed, dtype="float64")
+    folder.mkdir(parents=True)
+    write_json(str(folder / "config.json"), cfg.to_json())
+    params = classify.init_params(cfg)
+    rng = np.random.default_rng(seed)
+    params = tm.tree_map(lambda p: p + 0.2 * rng.normal(size=p.shape), params)
+    io.save(folder / "params.npz", params)
+    return str(folder)
+
+
+def reference_errors(model: str, runs_dir: Path) -> dict:
+    """Per-run error of the model by a hand-written loop: plain gradient steps on the 20
+    training images (BN over them; held-out leaves untouched), then one pass over the 20
+    test items with their own statistics."""
+    cfg, theta = classify.load_model(model)
+    out = {}
+    for run in load_runs(runs_dir):
+        train, test = run.preprocessed(center=True)
+        sx, qx = train.reshape(1, 20, 784), test.reshape(1, 20, 784)
+        sy = np.arange(20)[None]
+        params = tm.tree_map(lambda p: p[None], theta)
+
+        def support_sum(p, sx=sx, sy=sy):
+            return tm.sum(classify.loss_fn(p, sx, sy))
+
+        for _ in range(cfg.inner_steps):
+            g = tm.grad(support_sum)(params)
+            params = [{k: (v - cfg.inner_lr * g[i][k]
+                           if k in ("W", "b") or cfg.bn_adapt else v)
+                       for k, v in layer.items()} for i, layer in enumerate(params)]
+        pred = np.argmax(np.asarray(nn.bn_mlp(params, qx))[0], axis=-1)
+        out[run.name] = 100.0 * np.mean(pred != run.answers)
+    return out
+
+
+@pytest.mark.parametrize("bn_adapt", [False, True])
+def test_model_errors_match_a_hand_written_reference(tmp_path, runs_dir, bn_adapt):
+    model = make_model(tmp_path / "m", bn_adapt=bn_adapt)
+    result = classify.eval_runs(str(runs_dir), model)
+    assert result["steps"] == 3
+    want = reference_errors(model, runs_dir)
+    assert result["model"] == pytest.approx(want)
+    assert set(result["mhd"]) == {"run01", "run02"}
+
+
+def test_output_format(tmp_path, runs_dir, capsys):
+    model = make_model(tmp_path / "m")
+    assert main(["eval-runs", "--runs", str(runs_dir), "--model", model]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert all(LINE.match(line) for line in lines[:2]), lines
+    errors = [float(line.split()[2].rstrip("%")) for line in lines[:2]]
+    assert re.match(r"^mean error \d+\.\d%  \(mhd \d+\.\d%\)$", lines[2])
+    assert float(lines[2].split()[2].rstrip("%")) == pytest.approx(np.mean(errors), abs=0.05)
+
+
+def test_baseline_alone_needs_no_model(runs_dir, capsys):
+    assert main(["eval-runs", "--runs", str(runs_dir), "--baseline", "mhd"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert re.match(r"^run01 error \d+\.\d%$", lines[0]) and lines[-1].startswith("mean error ")
+
+
+def test_not_twenty_way_is_a_clear_error(tmp_path, runs_dir, capsys):
+    model = make_model(tmp_path / "m", ways=5)
+    assert main(["eval-runs", "--runs", str(runs_dir), "--model", model]) == 1
+    err = capsys.readouterr().err
+    assert "20-way" in err and "5-way" in err and "Traceback" not in err
+
+
+def test_nothing_to_score_is_an_error(runs_dir, capsys):
+    assert main(["eval-runs", "--runs", str(runs_dir)]) == 1
+    assert "--baseline mhd" in capsys.readouterr().err
+
+
+@needs_runs
+def test_real_runs_baseline_beside_a_model(tmp_path, capsys):
+    """The MHD column reproduces the reference per-run errors on the ten runs here."""
+    model = make_model(tmp_path / "m")
+    assert main(["eval-runs", "--runs", str(RUNS_ZIP), "--model", model]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    mhd = [float(re.search(r"mhd (\d+\.\d)%", line).group(1)) for line in lines[:10]]
+    assert mhd == [45, 35, 40, 25, 30, 15, 60, 35, 40, 55]
+    assert lines[-1].endswith("(mhd 38.0%)")
