@@ -155,3 +155,21 @@ def test_bn_adapt_mask_structure():
     assert nn.bn_adapt_mask(params) == [{"W": True, "scale": False, "shift": False},
                                         {"W": True, "b": True}]
     assert nn.bn_adapt_mask(params, True)[0] == {"W": True, "scale": True, "shift": True}
+
+
+def test_scale_invariance_identity_in_the_hessian():
+    """With ε → 0, L(cW) = L(W) for a weight matrix W feeding a BN, so ⟨∇L, W⟩ = 0 and
+    H W = −∇L (docs/maths.md, "Batch normalisation in the inner loop")."""
+    params, batch = smooth_problem(seed=7)
+    W1 = params[0]["W"]
+
+    def loss_of_w(W):
+        h = tm.tanh(nn.batch_norm(tm.matmul(batch.support_x, W), params[0]["shift"],
+                                  params[0]["scale"], eps=1e-14))
+        return tm.sum(nn.cross_entropy(nn.linear(h, params[1]["W"], params[1]["b"]),
+                                       batch.support_y))
+
+    g = np.asarray(tm.grad(loss_of_w)(W1))
+    hw = np.asarray(tm.hvp(loss_of_w, (W1,), (W1,)))
+    assert abs(np.vdot(g, W1)) < 1e-9 * np.linalg.norm(g) * np.linalg.norm(W1)
+    np.testing.assert_allclose(hw, -g, rtol=1e-7, atol=1e-9)
