@@ -111,8 +111,12 @@ def _unrolled(loss_fn, params, batch, inner_lr, steps, mask):
     return g, {"support_loss": support, "query_loss": query, "loss": loss}
 
 
-def _forward(loss_fn, params, batch, inner_lr, steps, mask):
-    """θ_0 … θ_T (task-batched, plain arrays) and L_S(θ_0), with no graph kept."""
+def _forward(loss_fn, params, batch, inner_lr, steps, mask, keep=True):
+    """θ_0 … θ_T (task-batched, plain arrays) and L_S(θ_0), with no graph kept.
+
+    With ``keep=False`` only θ_T is kept (first-order MAML needs no other): memory
+    then stays flat in T.
+    """
     B = num_tasks(batch)
     theta = broadcast_tasks(params, B)
     thetas = [theta]
@@ -120,7 +124,10 @@ def _forward(loss_fn, params, batch, inner_lr, steps, mask):
     for _ in range(steps):
         theta, losses = inner_step(loss_fn, theta, batch.support_x, batch.support_y,
                                    inner_lr, mask)
-        thetas.append(theta)
+        if keep:
+            thetas.append(theta)
+        else:
+            thetas[0] = theta
         if support is None:
             support = losses
     if support is None:
@@ -130,7 +137,7 @@ def _forward(loss_fn, params, batch, inner_lr, steps, mask):
 
 def _first_order(loss_fn, params, batch, inner_lr, steps, mask):
     B = num_tasks(batch)
-    thetas, support = _forward(loss_fn, params, batch, inner_lr, steps, mask)
+    thetas, support = _forward(loss_fn, params, batch, inner_lr, steps, mask, keep=False)
     (loss, query), v = value_and_grad(_query_mean(loss_fn, batch, B), has_aux=True)(thetas[-1])
     g = tree_map(lambda x: ops.sum(x, axis=0), v)
     return g, {"support_loss": support, "query_loss": query, "loss": loss}
