@@ -36,14 +36,14 @@ DEPTHS = (1, 5, 10, 20, 40)
 def _problem(shape: str):
     rng = np.random.default_rng(0)
     if shape == "omniglot":
-        sizes, B, K, d_out = [784, 256, 128, 64, 64, 5], 4, 25, 5
+        sizes, B, K = [784, 256, 128, 64, 64, 5], 4, 25
         x = rng.random((B, K, 784), dtype=np.float32)
         y = rng.integers(0, 5, size=(B, K))
 
         def loss_fn(p, x, y):
             return tm.nn.cross_entropy(tm.nn.mlp(p, x), y)
     else:
-        sizes, B, K, d_out = [1, 40, 40, 1], 25, 2000, 1
+        sizes, B, K = [1, 40, 40, 1], 25, 2000
         x = rng.uniform(-5, 5, size=(B, K, 1)).astype(np.float32)
         y = np.sin(x).astype(np.float32)
 
