@@ -29,7 +29,9 @@ over trials of the mean over repeats) to which the ring-Allreduce model
 
     T_comm(P, n) = 2(P−1)/P · 8n/β + 2(P−1)·α
 
-is fitted (α the latency of one message, β the bandwidth), and the step model
+is fitted (α the latency of one message, β the bandwidth; MPI libraries switch to
+Rabenseifner's reduce-scatter + allgather, latency 2⌈log₂P⌉·α, for large P, shown beside
+it), and the step model
 
     T_step(P) = t_sample(B) + t_grad(B/P) + t_update + T_comm(P, n)
 
@@ -224,13 +226,22 @@ def t_comm(P: int, n: int, alpha: float, beta: float) -> float:
     return 2 * (P - 1) / P * 8 * n / beta + 2 * (P - 1) * alpha
 
 
+def t_comm_rabenseifner(P: int, n: int, alpha: float, beta: float) -> float:
+    """Reduce-scatter + allgather by recursive halving/doubling (what MPI libraries use for
+    large P): the same bandwidth term, latency 2⌈log₂P⌉·α instead of 2(P−1)·α."""
+    if P == 1:
+        return 0.0
+    return 2 * (P - 1) / P * 8 * n / beta + 2 * int(np.ceil(np.log2(P))) * alpha
+
+
 def _linear(xs: list, ys: list) -> tuple:
-    """(intercept, slope) through the points (least squares; one point: through 0)."""
+    """(intercept ≥ 0, slope): least squares; through 0 if the free fit's intercept is < 0."""
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
-    if len(set(xs.tolist())) < 2:
-        return 0.0, float(ys.mean() / xs.mean())
-    slope, icept = np.polyfit(xs, ys, 1)
-    return float(max(icept, 0.0)), float(slope)
+    if len(set(xs.tolist())) >= 2:
+        slope, icept = np.polyfit(xs, ys, 1)
+        if icept >= 0:
+            return float(icept), float(slope)
+    return 0.0, float(xs @ ys / (xs @ xs))
 
 
 def model(steps: list, net: dict, fit: dict) -> list:
@@ -259,10 +270,16 @@ def model(steps: list, net: dict, fit: dict) -> list:
                 comm = t_comm(P, n_buf, net["alpha_s"], net["beta_Bps"]) + (extra if P > 1
                                                                              else 0.0)
                 comp = s0 + s1 * B + g0 + g1 * b + upd
+                own = comp - s1 * (B - b)  # had each rank drawn only its own b tasks
+                rab = t_comm_rabenseifner(P, n_buf, net["alpha_s"], net["beta_Bps"]) + (
+                    extra if P > 1 else 0.0)
                 out.append({"config": name, "mode": mode, "P": P, "B": B, "b": b,
                             "compute_s": comp, "comm_s": comm, "step_s": comp + comm,
                             "comm_share": comm / (comp + comm), "sample_s": s0 + s1 * B,
-                            "overhead_s": extra})
+                            "overhead_s": extra, "compute_own_slice_s": own,
+                            "comm_share_own_slice": comm / (own + comm),
+                            "comm_rabenseifner_s": rab, "comm_share_rabenseifner":
+                            rab / (comp + rab)})
     return out
 
 
@@ -332,12 +349,18 @@ def format_sweep(rows: list, fit: dict) -> str:
 
 
 def format_model(rows: list) -> str:
-    lines = [f"{'config':<13} {'mode':<6} {'P':>4} {'B':>6} {'b':>6}  {'compute ms':>10} "
-             f"{'comm ms':>9} {'comm %':>6}"]
+    """The modelled steps: ring comm and its share; Rabenseifner's; and the ring share had
+    each rank drawn only its own b tasks (compute then without the redundant sampling)."""
+    lines = [f"{'config':<13} {'mode':<6} {'P':>4} {'B':>5} {'b':>4} {'sample ms':>9} "
+             f"{'compute ms':>10} {'ring ms':>8} {'ring %':>6} {'Rab. ms':>8} {'Rab. %':>6} "
+             f"{'own-slice ring %':>16}"]
     for r in rows:
-        lines.append(f"{r['config']:<13} {r['mode']:<6} {r['P']:>4} {r['B']:>6} "
-                     f"{r['b']:>6.3g}  {_ms(r['compute_s']):>10} {_ms(r['comm_s']):>9} "
-                     f"{100 * r['comm_share']:6.1f}")
+        lines.append(f"{r['config']:<13} {r['mode']:<6} {r['P']:>4} {r['B']:>5} "
+                     f"{r['b']:>4.3g} {_ms(r['sample_s']):>9} {_ms(r['compute_s']):>10} "
+                     f"{_ms(r['comm_s']):>8} {100 * r['comm_share']:6.1f} "
+                     f"{_ms(r['comm_rabenseifner_s']):>8} "
+                     f"{100 * r['comm_share_rabenseifner']:6.1f} "
+                     f"{100 * r['comm_share_own_slice']:16.1f}")
     return "\n".join(lines)
 
 
@@ -349,31 +372,16 @@ def _mpiexec() -> str:
     return found
 
 
-def main(argv: list | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ranks", default="1,2", help="the P to measure (1,2)")
-    ap.add_argument("--quick", action="store_true", help="fewer steps and repeats")
-    ap.add_argument("--repeats", type=int, default=3,
-                    help="runs per P; each row keeps its fastest run (3)")
-    ap.add_argument("--json", default=None, help="write the results here (atomically)")
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.worker:
-        worker(args.worker, args.quick)
-        return 0
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        sys.exit('scaling.py needs mpi4py: pip install -e ".[mpi]"')
-    ranks = [int(p) for p in args.ranks.split(",")]
+def measure(ranks: list, repeats: int, quick: bool) -> tuple:
+    """Run the workers: (machine info, step rows, Allreduce sweep of the largest P)."""
     measured: dict[int, dict] = {}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        for rep in range(args.repeats):
+        for rep in range(repeats):
             for P in ranks:  # interleaved, so that a busy spell hits every P alike
                 path = os.path.join(tmp, f"p{P}.json")
                 cmd = [_mpiexec(), "-n", str(P), sys.executable, os.path.abspath(__file__),
-                       "--worker", path] + (["--quick"] if args.quick else [])
+                       "--worker", path] + (["--quick"] if quick else [])
                 subprocess.run(cmd, check=True, timeout=1800)
                 with open(path) as f:
                     run = json.load(f)
@@ -381,17 +389,20 @@ def main(argv: list | None = None) -> int:
     steps = [r for P in ranks for r in measured[P]["steps"]]
     steps.sort(key=lambda r: (r["config"], r["mode"], r["P"]))
     info = machine_info()
-    info.update(backend=measured[ranks[0]]["backend"], repeats=args.repeats,
+    info.update(backend=measured[ranks[0]]["backend"], repeats=repeats,
                 loadavg_before=load_before, loadavg_after=os.getloadavg())
+    return info, steps, measured[max(ranks)]["allreduce"]
+
+
+def report(info: dict, steps: list, sweep: list) -> dict:
+    """Print the tables and return the JSON-able result (measured, fit, model)."""
     print(f"{info['date']}  {info['cpu']} ({info['cores']} cores), {info['mpi']}, "
           f"backend {info['backend']}, one thread per rank")
     print("\nmeasured, median per meta-step (ms):")
     print(format_measured(steps))
     result: dict = {"machine": info, "measured": steps}
-    Ps = [P for P in ranks if P > 1]
-    if Ps:
-        P = max(Ps)
-        sweep = measured[P]["allreduce"]
+    P = max(r["P"] for r in steps)
+    if P > 1 and sweep:
         fit = fit_ring(sweep, P)
         print(f"\nAllreduce on P = {P} (shared memory): fitted α = {1e6 * fit['alpha_s']:.2f} µs,"
               f" β = {fit['beta_Bps'] / 1e9:.2f} GB/s (max relative residual "
@@ -407,6 +418,36 @@ def main(argv: list | None = None) -> int:
         result.update(allreduce={"P": P, "sweep": sweep, "fit": fit},
                       model={"fitted": modelled, "assumed_network": assumed,
                              "assumed": ASSUMED_NETWORK})
+    return result
+
+
+def main(argv: list | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ranks", default="1,2", help="the P to measure (1,2)")
+    ap.add_argument("--quick", action="store_true", help="fewer steps and repeats")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="runs per P; each row keeps its fastest run (3)")
+    ap.add_argument("--json", default=None, help="write the results here (atomically)")
+    ap.add_argument("--from-json", default=None,
+                    help="no measuring: the tables and model from a saved --json file")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.quick)
+        return 0
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        info, steps = saved["machine"], saved["measured"]
+        sweep = saved.get("allreduce", {}).get("sweep", [])
+    else:
+        try:
+            import mpi4py  # noqa: F401
+        except ImportError:
+            sys.exit('scaling.py needs mpi4py: pip install -e ".[mpi]"')
+        ranks = [int(p) for p in args.ranks.split(",")]
+        info, steps, sweep = measure(ranks, args.repeats, args.quick)
+    result = report(info, steps, sweep)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.json)),
