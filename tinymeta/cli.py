@@ -164,12 +164,15 @@ def _given(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    world = distributed.init(force=args.mpi, timeout=args.mpi_timeout,
+                             check_every=args.mpi_check_every)
     if _classify.wants_omniglot(vars(args)):
+        if world.distributed or args.mpi:  # its loop does not call the distributed hooks
+            raise distributed.on_all_ranks(CLIError(
+                "--task omniglot does not run over MPI yet; run it on one process"))
         print(_classify.train_from_args(vars(args)))
         return 0
     _classify.refuse_omniglot_options(vars(args), args.task or "sinusoid")
-    world = distributed.init(force=args.mpi, timeout=args.mpi_timeout,
-                             check_every=args.mpi_check_every)
     given = _given(args)
     if args.resume:
         cfg = _train.load_config(args.out)
