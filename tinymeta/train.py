@@ -15,6 +15,7 @@ families (few-shot classification) can be added beside the sinusoid.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -65,6 +66,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     log_every: int = 100
     skip_nonfinite: bool = False
+    compile: bool = False  # record the meta-gradient step once (tm.compile) and replay it
 
     def resolved(self) -> TrainConfig:
         """A copy with the algorithm-dependent defaults filled in."""
@@ -369,13 +371,18 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = Tru
     bar = _Progress(start, cfg.iterations, progress and world.is_root, cfg.log_every)
     window: list = []
     t_last = time.perf_counter()
+    step = functools.partial(meta_gradient, cfg, setup)
+    if cfg.compile:  # one recording per batch signature, then straight-line replays
+        from .compile import compile as tm_compile
+
+        step = tm_compile(step)
     try:
         with open(log_path if world.is_root else os.devnull, "a") as log:
             for it in range(start + 1, end + 1):
                 # every rank draws the full batch and keeps its B/P tasks (P = 1: all)
                 batch = world.shard(setup.sample(rng, cfg.meta_batch, cfg.shots, cfg.query))
                 with np.errstate(over="ignore", invalid="ignore"):  # checked just below
-                    grads, info = meta_gradient(cfg, setup, model, batch)
+                    grads, info = step(model, batch)
                 # P > 1: the mean over ranks (one Allreduce), info with all B tasks' losses
                 grads, info = world.allreduce_mean(grads, info, it,
                                                    ((model, opt_state), (rng, skipped)))
