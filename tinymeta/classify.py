@@ -647,7 +647,7 @@ def format_runs(result: dict) -> str:
 
 #: Train options that only --task omniglot takes (dest names).
 OMNIGLOT_ONLY = ("data", "ways", "val_alphabets", "test_alphabets", "augment", "bn", "bn_adapt",
-                 "eval_every", "patience", "val_tasks", "compile")
+                 "eval_every", "patience", "val_tasks")
 #: Settings a resumed run may change; every other one must match config.json.
 RESUMABLE = {"iterations", "checkpoint_every", "log_every", "skip_nonfinite", "patience",
              "eval_every"}
