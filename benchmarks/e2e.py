@@ -69,6 +69,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers as peer_impls  # noqa: E402
 
 import tinymeta as tm  # noqa: E402
+from tinymeta import bench  # noqa: E402
 
 SIZES = (1, 40, 40, 1)
 NUM_TASKS = 25
@@ -532,15 +533,7 @@ def plot_sweep(path: str, results: list, meta: dict) -> str | None:
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = bench.cpu_name()
     try:
         affinity = sorted(os.sched_getaffinity(0))
     except AttributeError:

@@ -9,7 +9,8 @@ Run from a checkout:  OPENBLAS_NUM_THREADS=1 python benchmarks/engine.py [--json
 (b) Ratios for two MLP losses: 1-40-40-1 on a batch of 25×10 points, and
     784-256-128-64-64-5 on a batch of 25: grad / forward and HVP / grad.
 
-Timings are medians of repeated runs (``timeit``), in one process, side by side.
+Timings are medians of repeated runs (``tinymeta.bench.measure``, on ``timeit``), in
+one process, side by side.
 """
 
 from __future__ import annotations
@@ -17,24 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
-import timeit
 
 import numpy as np
 
 import tinymeta as tm
+from tinymeta import bench
 from tinymeta.tape import GradTrace
 
 
-def median_seconds(fn, repeat: int = 15, min_time: float = 0.05) -> float:
-    """Median over ``repeat`` runs of the mean time per call, each run at least ``min_time`` s."""
-    timer = timeit.Timer(fn)
-    number, _ = timer.autorange()
-    number = max(1, int(number * min_time / 0.2))
-    runs = timer.repeat(repeat=repeat, number=number)
-    return statistics.median(runs) / number
+def median_seconds(fn) -> float:
+    """Median seconds per call (the shipped harness, :func:`tinymeta.bench.measure`)."""
+    return bench.measure(fn, repeat=15).median
 
 
 def overhead(n: int = 200) -> dict:
@@ -125,17 +120,8 @@ def mlp_ratios(sizes: list[int], x_shape: tuple, seed: int = 0) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": bench.cpu_name(),
         "cores": os.cpu_count(),
         "python": sys.version.split()[0],
         "numpy": np.__version__,

@@ -130,12 +130,7 @@ def check_agree(name: str, ref_fn: Callable, fast_fn: Callable, args: tuple) -> 
 
 def machine() -> dict:
     """What the numbers were measured on, and when."""
-    model = platform.processor()  # the label where /proc/cpuinfo is absent (not Linux)
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f
-                     if line.startswith("model name")]
-        model = names[0] if names else model
+    model = bench.cpu_name()
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         blas = f"{blas.get('name')} {blas.get('version')}"

@@ -292,15 +292,9 @@ def _fastest(a: dict, b: dict) -> dict:
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from tinymeta import bench
+
+    cpu = bench.cpu_name()
     try:
         from mpi4py import MPI
 

@@ -127,6 +127,20 @@ def measure(fn: Callable[..., Any], *args: Any, repeat: int = 7, min_time: float
                    **kwargs)["fn"]
 
 
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux, else the platform's label)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def gflops(flops: float, seconds: float) -> float:
     """Throughput in GFLOP/s of ``flops`` floating-point operations done in ``seconds``."""
     if seconds <= 0:
