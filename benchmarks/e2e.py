@@ -176,7 +176,7 @@ def tinymeta_result(cfg: Config, out: Any) -> list:
 
 def tinymeta_reference(cfg: Config, w: Workload) -> list:
     """The config's result by tinymeta eager on the NumPy backend (float64 for checks)."""
-    with tm.use_backend("numpy"):
+    with tm.set_backend("numpy"):
         return tinymeta_result(cfg, tinymeta_function(cfg)(*tinymeta_args(cfg, w)))
 
 
@@ -307,7 +307,7 @@ def tinymeta_impls(backends: list) -> tuple[list, dict]:
     impls, skipped = [], {}
     for be in backends:
         try:
-            with tm.use_backend(be):
+            with tm.set_backend(be):
                 pass
         except Exception as e:  # noqa: BLE001  (an uninstalled backend: report why)
             skipped[f"tinymeta ({be})"] = f"{type(e).__name__}: {e}"
@@ -336,7 +336,7 @@ def run_case(impl: Impl, cfg: Config, w: Workload, peers: dict, quick: bool,
     if impl.kind == "tinymeta":
         base = tinymeta_function(cfg, impl.method)
         args = tinymeta_args(cfg, w)
-        with tm.use_backend(impl.backend):
+        with tm.set_backend(impl.backend):
             try:
                 rec["engine_count"] = len(tm.make_tape(base)(*args))
             except TypeError as e:

@@ -142,7 +142,7 @@ def test_compiled_step_is_bitwise_eager(data_zip, algo):
     eager = classify.make_step(cfg, mask)
     compiled = classify.make_step(classify.ClassifyConfig(**{**cfg.__dict__, "compile": True}),
                                   mask)
-    with tm.use_backend("numpy"):
+    with tm.set_backend("numpy"):
         for seed in (0, 1):  # the second call replays the recorded tape
             batch = classify.to_backend(train.sample(2, 3, 1, 2, seed=seed))
             g1, i1 = eager(params, batch)

@@ -7,7 +7,7 @@ from . import kernels, meta, nn, optim, tasks  # noqa: E402  (built on the engin
 from .compile import Compiled, Tape, compile, make_tape
 from .config import config
 from .io import load, save  # noqa: E402
-from .kernels import backend_name, get_backend, set_backend, use_backend
+from .kernels import backend_name, get_backend, set_backend
 from .ops import (
     abs,
     add,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-from collections.abc import Iterator
 from types import ModuleType
 
 _BACKENDS = {
@@ -73,10 +72,14 @@ def default_backend() -> str:
 
 
 class _BackendSwitch(contextlib.AbstractContextManager):
-    """Returned by :func:`set_backend`; using it in ``with`` restores the previous backend."""
+    """Returned by :func:`set_backend`; ``with`` gives the backend module and restores the
+    previous backend on exit."""
 
-    def __init__(self, previous: str) -> None:
-        self.previous = previous
+    def __init__(self, previous: str, module: ModuleType) -> None:
+        self.previous, self.module = previous, module
+
+    def __enter__(self) -> ModuleType:
+        return self.module
 
     def __exit__(self, *exc: object) -> None:
         set_backend(self.previous)
@@ -88,22 +91,15 @@ def set_backend(name: str) -> _BackendSwitch:
     Works as a plain call and as a context manager::
 
         tm.set_backend("numpy")
-        with tm.set_backend("numba"):
-            ...          # numba here, the previous backend afterwards
+        with tm.set_backend("numba") as backend:
+            ...          # numba here (backend: its module), the previous one afterwards
     """
     previous = _state.name
     module = _load(name)
     _state.name, _state.module = name, module
     for fn in _listeners:
         fn(module)
-    return _BackendSwitch(previous)
-
-
-@contextlib.contextmanager
-def use_backend(name: str) -> Iterator[ModuleType]:
-    """Context manager form of :func:`set_backend` that yields the backend module."""
-    with set_backend(name):
-        yield _state.module
+    return _BackendSwitch(previous, module)
 
 
 def on_switch(fn) -> None:
