@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import classify as _classify
 from . import distributed
@@ -35,34 +36,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {v}")
-    return v
+def _at_least(cast: Callable, bound: float, strict: bool) -> Callable[[str], Any]:
+    """An argparse type: ``cast(text)``, refused unless > bound (strict) or >= bound."""
+    what = "an integer" if cast is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}; got {text!r}") from None
+        if not (v > bound if strict else v >= bound):
+            raise argparse.ArgumentTypeError(
+                f"expected {what} {'>' if strict else '>='} {bound:g}; got {v}")
+        return v
+
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0; got {v}")
-    return v
+_positive_int = _at_least(int, 1, strict=False)
+_nonneg_int = _at_least(int, 0, strict=False)
+_positive_float = _at_least(float, 0, strict=True)
 
 
 def _widths(text: str) -> tuple:
