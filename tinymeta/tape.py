@@ -253,8 +253,7 @@ class GradTrace:
         output does not depend on it). The rules run on the values one level
         down, so an enclosing trace records this sweep.
         """
-        from .ops import add
-
+        add = ops.add
         nodes = self.nodes
         cts: list[Any] = [None] * len(nodes)
         for i, g in seeds:
@@ -345,14 +344,14 @@ class JVPTrace:
                 if rule is None:
                     continue
                 c = rule(t, out, *vals, **params)
-                t_out = c if t_out is None else _add(t_out, c)
+                t_out = c if t_out is None else ops.add(t_out, c)
         else:
             t_out = _jvp_by_transposing_vjp(prim, vals, tans, params)
         if t_out is None:
             return out
         out_shape = getattr(out, "shape", ())
         if getattr(t_out, "shape", ()) != out_shape:
-            t_out = _broadcast(t_out, out_shape)
+            t_out = ops.broadcast_to(t_out, out_shape)
         return self.new(out, t_out)
 
 
@@ -381,18 +380,6 @@ def _jvp_by_transposing_vjp(prim: Primitive, vals: list, tans: list, params: dic
     _, transpose_fn = vjp(vjp_fn, zero)
     (t_out,) = transpose_fn(tuple(tans[j] for j in active))
     return t_out
-
-
-def _add(a: Any, b: Any) -> Any:
-    from .ops import add
-
-    return add(a, b)
-
-
-def _broadcast(t: Any, shape: tuple) -> Any:
-    from .ops import broadcast_to
-
-    return broadcast_to(t, shape)
 
 
 # ---- the capture trace ----------------------------------------------------------------
@@ -474,4 +461,5 @@ def _var_name(i: int) -> str:
     return s
 
 
+from . import ops  # noqa: E402  (the rules' add and broadcast_to; ops imports this module)
 from .tensor import Tensor  # noqa: E402  (Tensor's operators need this module's bind)
