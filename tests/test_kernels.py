@@ -49,11 +49,13 @@ LAYOUTS = ("contiguous", "transposed", "sliced", "readonly")
 BACKEND_KERNELS = {
     "relu": {"relu_flat"},
     "relu_grad": {"relu_grad_flat"},
-    "linear": {"bias_rows", "bias_tasks"},
-    "linear_relu": {"bias_rows", "bias_tasks"},
+    "linear": {"bias_rows", "bias_tasks", "linear_outer", "linear_dot"},
+    "linear_relu": {"bias_rows", "bias_tasks", "linear_outer", "linear_dot"},
     "sq_err_mean": {"sq_err_mean_2d"},
     "sq_err_mean_grad": {"sq_err_mean_grad_2d"},
     "sub_scaled": {"sub_scaled_flat"},
+    "matmul": set(),  # BLAS; a task-broadcast matrix taken as one (one GEMM)
+    "matmul_nt": set(),
 }
 
 # the sinusoid MLP 1-40-40-1 on 25 tasks of K = 10 points: per-task (B, …) and shared params
@@ -121,10 +123,26 @@ def assert_close(got, want, what=""):
     np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * 1e-3, err_msg=what)
 
 
+def assert_sum_close(got, want, bound, what=""):
+    """|got − want| <= 4 K ε Σ|terms|: two sums of the same K terms in different orders
+    (BLAS's and a vectorised loop's) differ by at most this much, whatever the cancellation."""
+    err = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    tol = np.asarray(bound, dtype=np.float64) * np.finfo(want.dtype).eps + 1e-300
+    assert np.all(err <= tol), f"{what}: max error / bound {np.max(err / tol):.3g}"
+
+
+def linear_bound(x, W, b):
+    """4 K ε-free scale of x W + b: 4 K (|x| |W| + |b|) in float64."""
+    K = W.shape[-2]
+    ax, aW, ab = (np.abs(np.asarray(a, dtype=np.float64)) for a in (x, W, b))
+    return 4 * (K + 1) * (ref.matmul(ax, aW) + ab)
+
+
 def three_ways(name, *args, **kwargs):
     """Run kernel ``name`` as the reference, as numba and as numba's .py_func; check they
     agree, keep the dtype and shape, leave the inputs alone and give no NaN. Returns the
-    numba kernels called."""
+    numba kernels called. The fused linear kernels sum in another order than BLAS: they
+    are held to the error bound of a reordered sum (:func:`assert_sum_close`)."""
     before = [np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in args]
     want = getattr(ref, name)(*args, **kwargs)
     with kernels_seen() as calls:
@@ -138,8 +156,16 @@ def three_ways(name, *args, **kwargs):
     assert got.dtype == want.dtype, f"{name}: dtype {got.dtype}, reference {want.dtype}"
     assert got.shape == want.shape
     assert not np.isnan(got).any(), f"{name}: NaN in the output"
-    assert_close(got, want, f"{name}: numba vs NumPy reference")
-    assert_close(got_py, got, f"{name}: njit vs .py_func")
+    if name in ("linear", "linear_relu", "matmul", "matmul_nt"):
+        x, W = args[:2]
+        if name == "matmul_nt":
+            W = W.swapaxes(-1, -2)
+        bound = linear_bound(x, W, args[2] if len(args) > 2 else np.zeros((), x.dtype))
+        assert_sum_close(got, want, bound, f"{name}: numba vs NumPy reference")
+        assert_sum_close(got_py, got, bound, f"{name}: njit vs .py_func")
+    else:
+        assert_close(got, want, f"{name}: numba vs NumPy reference")
+        assert_close(got_py, got, f"{name}: njit vs .py_func")
     assert set(calls) <= BACKEND_KERNELS[name]
     return calls
 
@@ -180,6 +206,19 @@ def linear_cases(draw):
     return (n_in,), (n_in, n_out), (n_out,)
 
 
+def expected_linear_calls(x, W, b):
+    """The kernel the numba backend should pick for x W + b (stated independently of it)."""
+    if (W.ndim == 3 and x.ndim == 3 and b.ndim == 3 and b.shape[1] == 1
+            and W.strides[0] == 0 and b.strides[0] == 0):
+        W, b = W[0], b[0, 0]  # one matrix and one bias broadcast over the tasks
+    plain = all(a.flags.c_contiguous for a in (x, W, b))
+    if plain and W.ndim == 3 and b.ndim == 3 and (W.shape[1] == 1 or W.shape[2] == 1):
+        return ["linear_outer"] if W.shape[1] == 1 else ["linear_dot"]
+    if plain and W.ndim == 2 and x.ndim >= 2 and b.ndim == 1 and W.shape[0] == 1:
+        return ["linear_outer"]
+    return ["bias_rows"] if b.ndim == 1 else ["bias_tasks"]
+
+
 @pytest.mark.parametrize("name", ["linear", "linear_relu"])
 @given(case=linear_cases(), dtype=dtypes, lx=layouts, lw=layouts, lb=layouts, seed=seeds)
 def test_linear_matches_reference_and_py_func(name, case, dtype, lx, lw, lb, seed):
@@ -187,7 +226,7 @@ def test_linear_matches_reference_and_py_func(name, case, dtype, lx, lw, lb, see
     xs, ws, bs = case
     x, W, b = make(rng, xs, dtype, lx), make(rng, ws, dtype, lw), make(rng, bs, dtype, lb)
     calls = three_ways(name, x, W, b)
-    assert calls == (["bias_rows"] if len(bs) == 1 else ["bias_tasks"])
+    assert calls == expected_linear_calls(x, W, b)
 
 
 @pytest.mark.parametrize("name", ["linear", "linear_relu"])
@@ -197,7 +236,37 @@ def test_linear_sinusoid_shapes(name, dtype, shapes):
     rng = np.random.default_rng(0)
     x, W, b = (make(rng, s, dtype) for s in shapes)
     calls = three_ways(name, x, W, b)
-    assert calls == (["bias_rows"] if b.ndim == 1 else ["bias_tasks"])
+    assert calls == expected_linear_calls(x, W, b)
+    # the layers of one input and the per-task layer of one output take one numba pass
+    one_pass = (W.shape[-2] == 1) or (W.ndim == 3 and W.shape[-1] == 1)
+    assert (calls[0] in ("linear_outer", "linear_dot")) == one_pass
+
+
+@pytest.mark.parametrize("name", ["linear", "linear_relu"])
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shapes", SINUSOID_LINEAR[3:], ids=str)
+def test_linear_task_broadcast_params(name, dtype, shapes):
+    """θ_0 broadcast over 25 tasks (the first inner step) is taken as one matrix and bias."""
+    rng = np.random.default_rng(3)
+    xs, ws, bs = shapes
+    x, W, b = make(rng, xs, dtype), make(rng, ws, dtype), make(rng, bs, dtype)
+    Wb = np.broadcast_to(W, (25,) + W.shape)
+    bb = np.broadcast_to(b, (25,) + b.shape).reshape(25, 1, -1)
+    assert Wb.strides[0] == 0 and bb.strides[0] == 0
+    calls = three_ways(name, x, Wb, bb)
+    assert calls == expected_linear_calls(x, W, b)  # as for the shared matrix itself
+
+
+@pytest.mark.parametrize("name", ["matmul", "matmul_nt"])
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape", [(25, 10, 40, 40), (25, 10, 40, 1), (3, 4, 5, 6)], ids=str)
+def test_matmul_task_broadcast_matrix(name, dtype, shape):
+    B, M, K, N = shape
+    rng = np.random.default_rng(4)
+    x = make(rng, (B, M, K), dtype)
+    ws = (K, N) if name == "matmul" else (N, K)  # x @ W, or x @ Wᵀ with W (N, K)
+    three_ways(name, x, np.broadcast_to(make(rng, ws, dtype), (B,) + ws))
+    three_ways(name, x, make(rng, (B,) + ws, dtype))  # per-task matrices: unchanged
 
 
 # bias layouts and dtypes the numba epilogue does not take: the reference runs, bit for bit
@@ -381,20 +450,36 @@ def test_sq_err_fallbacks():
 # ---- the inner-loop step x − scale · d -------------------------------------------------------
 
 
+@contextlib.contextmanager
+def sub_scaled_min_size(n):
+    saved = nb.SUB_SCALED_MIN_SIZE
+    nb.SUB_SCALED_MIN_SIZE = n
+    try:
+        yield
+    finally:
+        nb.SUB_SCALED_MIN_SIZE = saved
+
+
 @given(shape=shapes, dtype=dtypes, lx=layouts, ld=layouts, seed=seeds,
        scale=st.floats(-10, 10, allow_nan=False))
 def test_sub_scaled(shape, dtype, lx, ld, seed, scale):
+    """The numba pass at every size (its size threshold lowered to 0 here)."""
     rng = np.random.default_rng(seed)
     x, d = make(rng, shape, dtype, lx), make(rng, shape, dtype, ld)
-    assert three_ways("sub_scaled", x, d, scale) == ["sub_scaled_flat"]
+    with sub_scaled_min_size(0):
+        assert three_ways("sub_scaled", x, d, scale) == ["sub_scaled_flat"]
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("shape", SINUSOID_ARRAYS, ids=str)
 def test_sub_scaled_sinusoid_shapes(dtype, shape):
+    """At the threshold's default, arrays under it take NumPy's two operations."""
     rng = np.random.default_rng(7)
     x, d = make(rng, shape, dtype), make(rng, shape, dtype)
-    assert three_ways("sub_scaled", x, d, 0.01) == ["sub_scaled_flat"]
+    small = x.size < nb.SUB_SCALED_MIN_SIZE
+    assert three_ways("sub_scaled", x, d, 0.01) == ([] if small else ["sub_scaled_flat"])
+    with sub_scaled_min_size(0):
+        assert three_ways("sub_scaled", x, d, 0.01) == ["sub_scaled_flat"]
 
 
 def test_sub_scaled_fallbacks():
@@ -447,12 +532,26 @@ def _direct_sub_scaled_flat(rng, dt, lay, n, m):
             np.empty(n * m, dt)), 3
 
 
+def _direct_linear_outer(rng, dt, lay, n, m):
+    return (make(rng, (2, n, 1), dt, lay), make(rng, (2, 1, m), dt, lay),
+            make(rng, (2, 1, m), dt, lay), bool(rng.integers(2)), np.empty((2, n, 1 * m), dt)), 4
+
+
+def _direct_linear_dot(rng, dt, lay, n, m):
+    # positive terms: the reordered sum (reassoc) then agrees with py_func's to K ε
+    x, W = np.abs(make(rng, (2, n, m), dt, lay)), np.abs(make(rng, (2, m, 1), dt, lay))
+    return (x, W, make(rng, (2, 1, 1), dt, lay), bool(rng.integers(2)),
+            np.empty((2, n, 1), dt)), 4
+
+
 # kernel name -> builder(rng, dtype, layout, n, m) -> (args, index of the array written)
 DIRECT = {
     "relu_flat": _direct_relu_flat,
     "relu_grad_flat": _direct_relu_grad_flat,
     "bias_rows": _direct_bias_rows,
     "bias_tasks": _direct_bias_tasks,
+    "linear_outer": _direct_linear_outer,
+    "linear_dot": _direct_linear_dot,
     "sq_err_mean_2d": _direct_sq_err_mean_2d,
     "sq_err_mean_grad_2d": _direct_sq_err_mean_grad_2d,
     "sub_scaled_flat": _direct_sub_scaled_flat,
@@ -544,8 +643,11 @@ _USE_KERNELS = textwrap.dedent("""
     W, Wt = np.ones((3, 4), np.float32), np.ones((5, 3, 4), np.float32)
     b, bt = np.ones(4, np.float32), np.ones((5, 1, 4), np.float32)
     g = np.ones(5, np.float32)
+    x1, W1, W1t, b1t = x[..., :1].copy(), W[:1].copy(), Wt[:, :, :1].copy(), bt[:, :, :1].copy()
+    nb.SUB_SCALED_MIN_SIZE = 0  # its numba pass at any size
     outs = [nb.linear(x, W, b), nb.linear_relu(x, Wt, bt), nb.relu(x), nb.relu_grad(x, x),
-            nb.sq_err_mean(x, x), nb.sq_err_mean_grad(g, x, x), nb.sub_scaled(x, x, 0.5)]
+            nb.sq_err_mean(x, x), nb.sq_err_mean_grad(g, x, x), nb.sub_scaled(x, x, 0.5),
+            nb.linear(x1, W1, b), nb.linear(x, W1t, b1t)]
     kernels = {n: f for n, f in vars(nk).items() if hasattr(f, "py_func")}
     try:  # the test numba's in-tree cache locator makes
         tempfile.TemporaryFile(dir=os.path.dirname(nk.__file__)).close()

@@ -49,6 +49,45 @@ def bias_tasks(z, b, relu):
                 z[t, k, j] = v
 
 
+@njit(cache=True)
+def linear_outer(x, W, b, relu, out):
+    """out[t, i, j] = x[t, i, 0] W[t, 0, j] + b[t, 0, j] (then relu): a layer of one input.
+
+    The product has an inner dimension of 1, so it is an outer product: one multiply and
+    one add per output, in one pass (the reference makes a broadcast product, then adds).
+    """
+    B, M, _ = x.shape
+    N = W.shape[2]
+    for t in range(B):
+        for i in range(M):
+            xv = x[t, i, 0]
+            for j in range(N):
+                v = xv * W[t, 0, j] + b[t, 0, j]
+                if relu and v < 0:
+                    v = 0.0
+                out[t, i, j] = v
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def linear_dot(x, W, b, relu, out):
+    """out[t, i, 0] = Σ_k x[t, i, k] W[t, k, 0] + b[t, 0, 0] (then relu): a layer of one output.
+
+    Each output is a dot product of length K; ``reassoc`` lets the sum vectorise (the
+    order of a BLAS sum is unspecified too). The sum runs in the inputs' dtype, as BLAS's.
+    """
+    B, M, K = x.shape
+    for t in range(B):
+        bt = b[t, 0, 0]
+        for i in range(M):
+            s = x.dtype.type(0)
+            for k in range(K):
+                s += x[t, i, k] * W[t, k, 0]
+            v = s + bt
+            if relu and v < 0:
+                v = 0.0
+            out[t, i, 0] = v
+
+
 @njit(cache=True, fastmath={"reassoc"})
 def sq_err_mean_2d(p, y, out):
     """out[t] = mean_j (p[t, j] − y[t, j])², summed in float64.
