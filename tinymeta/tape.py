@@ -47,7 +47,7 @@ class Primitive:
     backend by ``kernel`` name; user-defined ones (:func:`primitive`) bring it.
     """
 
-    __slots__ = ("name", "impl", "kernel", "vjps", "vjp_argnum", "jvps", "jvp_all",
+    __slots__ = ("name", "impl", "kernel", "vjps", "vjp_argnum", "vjp_pre", "jvps", "jvp_all",
                  "differentiable")
 
     def __init__(self, name: str, impl: Callable | None = None, kernel: str | None = None,
@@ -57,6 +57,7 @@ class Primitive:
         self.impl = impl
         self.vjps: tuple = ()
         self.vjp_argnum: Callable | None = None
+        self.vjp_pre: Callable | None = None
         self.jvps: tuple = ()
         self.jvp_all: Callable | None = None
         self.differentiable = differentiable
@@ -96,7 +97,7 @@ def _rebind_kernels(module) -> None:
 kernels.on_switch(_rebind_kernels)
 
 
-def defvjp(prim: Primitive, *rules: Callable | None) -> None:
+def defvjp(prim: Primitive, *rules: Callable | None, pre: Callable | None = None) -> None:
     """Register VJP rules, one per positional argument (None: not differentiable there).
 
     A rule is ``rule(g, ans, *args, **params) -> cotangent of that argument``, where
@@ -105,8 +106,13 @@ def defvjp(prim: Primitive, *rules: Callable | None) -> None:
     primitive with no rule for an argument it is differentiated in raises. Rules
     must use tinymeta ops only, so that the backward sweep can itself be recorded
     and differentiated.
+
+    ``pre(g, ans, *args, **params) -> g'``, when given, runs once per node before the
+    rules, which then receive g' for g: the part of the chain rule that every argument
+    shares (for relu(x W + b): ḡ·1[ans > 0], the cotangent of x W + b) is computed once.
     """
     prim.vjps = tuple(rules)
+    prim.vjp_pre = pre
 
 
 def defvjp_argnum(prim: Primitive, rule: Callable) -> None:
@@ -275,6 +281,8 @@ class GradTrace:
                     continue
                 cts[i] = None
                 rules = prim.vjps
+                if prim.vjp_pre is not None:
+                    g = prim.vjp_pre(g, out, *vals, **params)
                 for j, p in enumerate(parents):
                     if p < 0:
                         continue
