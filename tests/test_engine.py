@@ -253,6 +253,27 @@ def test_user_primitive_with_rule():
     np.testing.assert_allclose(tm.hessian(lambda x: tm.sum(sin(x)))(x), np.diag(-np.sin(x)))
 
 
+def test_defvjp_pre_runs_once_per_node_and_feeds_every_rule():
+    """f(x, y) = exp(x·y) with the shared factor g·ans made once by ``pre``: ∂/∂x = y e^{xy},
+    ∂/∂y = x e^{xy} (closed forms), second order through it, and one pre call per node."""
+    calls = []
+
+    def pre(g, ans, x, y):
+        calls.append(1)
+        return g * ans
+
+    f = tm.primitive(lambda x, y: np.exp(x * y), name="exp_prod")
+    tm.defvjp(f, lambda g, ans, x, y: g * y, lambda g, ans, x, y: g * x, pre=pre)
+    x, y = np.array([0.3, -0.7]), np.array([1.1, 0.4])
+    gx, gy = tm.grad(lambda x, y: tm.sum(f(x, y)), argnums=(0, 1))(x, y)
+    assert len(calls) == 1
+    np.testing.assert_allclose(gx, y * np.exp(x * y), rtol=1e-12)
+    np.testing.assert_allclose(gy, x * np.exp(x * y), rtol=1e-12)
+    # d²/dx² Σ e^{xy} = y² e^{xy} (the pre's g·ans is differentiated like any rule)
+    hx = tm.hessian(lambda x: tm.sum(f(x, y)))(x)
+    np.testing.assert_allclose(hx, np.diag(y * y * np.exp(x * y)), rtol=1e-12)
+
+
 def test_tensor_data_is_read_only_and_immutable():
     t = tm.tensor([1.0, 2.0])
     with pytest.raises(ValueError, match="read-only"):
