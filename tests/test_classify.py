@@ -100,6 +100,28 @@ def test_bn_adapt_defaults_and_refusals(data_zip):
         tiny(data_zip, test_alphabets=("Beta",)).resolved().validate()
 
 
+def test_reptile_query_trains_on_support_and_query(data_zip):
+    """--reptile-query: the learner runs on S ∪ Q, i.e. Reptile's meta-gradient equals that of
+    a plain Reptile step on the pooled images."""
+    with pytest.raises(ValueError, match="applies to --algo reptile only"):
+        tiny(data_zip, algo="maml", reptile_query=True).resolved().validate()
+    cfg = tiny(data_zip, algo="reptile", reptile_query=True, inner_steps=2,
+               dtype="float64").resolved()
+    cfg.validate()
+    train, _, _ = classify.load_splits(cfg)
+    params = classify.init_params(cfg)
+    batch = classify.to_backend(train.sample(2, 3, 1, 2, seed=0))
+    g, _ = classify.make_step(cfg, None)(params, batch)
+    pooled = TaskBatch(np.concatenate([batch.support_x, batch.query_x], axis=1),
+                       np.concatenate([batch.support_y, batch.query_y], axis=1),
+                       batch.query_x, batch.query_y)
+    want, _ = tm.meta.reptile(classify.loss_fn, params, pooled, cfg.inner_lr, 2)
+    for a, b in zip(tm.tree_leaves(g), tm.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    plain, _ = tm.meta.reptile(classify.loss_fn, params, batch, cfg.inner_lr, 2)
+    assert not np.allclose(tm.tree_leaves(g)[0], tm.tree_leaves(plain)[0])
+
+
 def test_splits_are_disjoint_by_alphabet(data_zip):
     train, val, test = classify.load_splits(tiny(data_zip, test_alphabets=("Gamma",)).resolved())
     assert train.alphabets == ["Alpha"] and val.alphabets == ["Beta"]

@@ -138,6 +138,7 @@ class ClassifyConfig:
     cg_tol: float = 0.0
     damping: float = 0.0
     on_negative_curvature: str = "continue"
+    reptile_query: bool = False  # reptile's learner trains on support ∪ query (train-shots)
     compile: bool = False
     checkpoint_every: int = 500
     log_every: int = 50
@@ -194,6 +195,8 @@ class ClassifyConfig:
             raise ValueError(f"--hidden needs positive widths; got {self.hidden}")
         if self.lam <= 0:
             raise ValueError(f"--lam must be > 0; got {self.lam}")
+        if self.reptile_query and self.algo != "reptile":
+            raise ValueError(f"--reptile-query applies to --algo reptile only; got {self.algo}")
         overlap = set(split_names(self.val_alphabets)) & set(split_names(self.test_alphabets))
         if overlap:
             raise ValueError(f"alphabets {sorted(overlap)} are both validation and test")
@@ -294,7 +297,7 @@ def make_step(cfg: ClassifyConfig, mask: Any) -> Callable[[Any, TaskBatch], tupl
             return meta.maml(loss_fn, theta, batch, a, T, order=order, method=method,
                              adapt=mask)
         if cfg.algo == "reptile":
-            return meta.reptile(loss_fn, theta, batch, a, T)
+            return meta.reptile(loss_fn, theta, batch, a, T, use_query=cfg.reptile_query)
         return meta.imaml(loss_fn, theta, batch, a, T, lam=cfg.lam, cg_steps=cfg.cg_steps,
                           cg_tol=cfg.cg_tol, damping=cfg.damping,
                           on_negative_curvature=cfg.on_negative_curvature)
@@ -415,7 +418,10 @@ def train(cfg: ClassifyConfig, out: str, resume: bool = False, progress: bool = 
     step = make_step(cfg, mask)
     val_batch = None
     if val_set is not None:
-        val_batch = to_backend(val_set.sample(cfg.val_tasks, cfg.ways, cfg.shots, cfg.query,
+        # Reptile's --reptile-query images are the learner's training data, not a test:
+        # its validation tasks hold as many query images per class as shots
+        vq = cfg.shots if cfg.reptile_query else cfg.query
+        val_batch = to_backend(val_set.sample(cfg.val_tasks, cfg.ways, cfg.shots, vq,
                                               seed=cfg.val_seed))
     best, best_it, since = _selection(_read_jsonl(val_path))
     end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
@@ -543,7 +549,7 @@ def evaluate(out: str, tasks: int = 600, steps: Sequence[int] | None = None,
     sources = [str(Path(p).resolve()) for p in data] if data else list(cfg.data)
     ds = Omniglot(sources, center=cfg.center).subset(names)
     K = cfg.shots if shots is None else int(shots)
-    Q = cfg.query if query is None else int(query)
+    Q = (cfg.shots if cfg.reptile_query else cfg.query) if query is None else int(query)
     if ds.num_classes < cfg.ways:
         raise ValueError(f"alphabets {list(names)} have {ds.num_classes} classes; the model is "
                          f"{cfg.ways}-way")
@@ -647,7 +653,7 @@ def format_runs(result: dict) -> str:
 
 #: Train options that only --task omniglot takes (dest names).
 OMNIGLOT_ONLY = ("data", "ways", "val_alphabets", "test_alphabets", "augment", "bn", "bn_adapt",
-                 "eval_every", "patience", "val_tasks")
+                 "eval_every", "patience", "val_tasks", "reptile_query")
 #: Settings a resumed run may change; every other one must match config.json.
 RESUMABLE = {"iterations", "checkpoint_every", "log_every", "skip_nonfinite", "patience",
              "eval_every"}

@@ -147,6 +147,9 @@ def _add_omniglot_train_options(p: argparse.ArgumentParser) -> None:
     a("--patience", type=_nonneg_int, default=None,
       help="validations without improvement before stopping; 0: never (4)")
     a("--val-tasks", type=_positive_int, default=None, help="validation tasks (200)")
+    a("--reptile-query", action="store_true", default=None,
+      help="reptile: the learner trains on the support and query images together, so "
+      "--query Q gives it shots + Q images per class (Nichol et al.'s train-shots)")
     a("--compile", action="store_true", default=None,
       help="record the meta-gradient step once with tm.compile and replay it")
 
