@@ -114,6 +114,23 @@ def test_source_is_straight_line_and_frees_intermediates():
     assert "for " not in src
 
 
+def test_repeated_equations_are_computed_once():
+    """exp(x) written twice is one exp in the replay; multiplying by 0.0 and by -0.0 are two
+    different equations (equal keys would give -0.0·x the sign of 0.0·x)."""
+    def f(x):
+        return tm.sum(tm.exp(x) * 2.0 + tm.exp(x)), x * 0.0, x * -0.0
+
+    cf = tm.compile(f)
+    x = np.array([0.5, -1.0, 2.0])
+    src = cf.source(x)
+    assert src.count("# exp") == 1
+    assert src.count("# multiply") == 3
+    s, zero, negzero = cf(x)
+    assert s == pytest.approx(3.0 * np.exp(x).sum(), rel=1e-15)
+    np.testing.assert_array_equal(np.signbit(zero), np.signbit(x * 0.0))
+    np.testing.assert_array_equal(np.signbit(negzero), np.signbit(x * -0.0))
+
+
 def test_replay_refuses_wrong_inputs():
     tape = tm.make_tape(tm.grad(mlp_loss))(*_problem(0))
     p, x, y = _problem(1, n=4)

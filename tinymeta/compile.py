@@ -102,15 +102,57 @@ class Tape:
         return self._source
 
 
+def _key(a: Any) -> Any:
+    # an equation's input or parameter as a dictionary key: Python scalars and other
+    # hashable values by type and value, arrays and other objects by identity
+    if type(a) is Var:
+        return ("v", a.id)
+    if isinstance(a, (float, np.floating)):
+        return (type(a), repr(a))  # 0.0 and -0.0 are equal but not the same constant
+    try:
+        hash(a)
+    except TypeError:
+        return ("id", id(a))
+    if isinstance(a, np.ndarray):
+        return ("id", id(a))
+    return (type(a), a)
+
+
+def _dedupe(eqns: list, outs: list) -> tuple[list, list]:
+    """Common subexpressions: an equation with the primitive, inputs and parameters of an
+    earlier one is dropped and its output read from the earlier one's (primitives are
+    pure, as jax.jit assumes; the replay then computes each value once, as eager mode's
+    own caching of a rule's shared factor would)."""
+    same: dict[int, Var] = {}  # dropped output id -> the Var that holds the value
+    first: dict[tuple, Var] = {}
+    kept: list = []
+    for e in eqns:
+        ins = [same.get(a.id, a) if type(a) is Var else a for a in e.ins]
+        try:
+            key = (id(e.prim), tuple(_key(a) for a in ins),
+                   tuple((k, _key(v)) for k, v in sorted(e.params.items())))
+        except TypeError:  # an unorderable parameter set: keep the equation as it is
+            key = None
+        if key is not None and key in first:
+            same[e.out.id] = first[key]
+            continue
+        if key is not None:
+            first[key] = e.out
+        kept.append(Eqn(e.prim, ins, e.params, e.out, e.phase))
+    return kept, [same.get(o.id, o) if type(o) is Var else o for o in outs]
+
+
 def _generate(tape: Tape) -> tuple[Callable, str]:
     """Turn the equations into one Python function: a kernel call a line.
 
-    Dead equations (whose outputs reach no output) are dropped; each
-    intermediate is deleted after its last use, so memory follows liveness.
+    Repeated equations are computed once (:func:`_dedupe`); dead equations (whose
+    outputs reach no output) are dropped; each intermediate is deleted after its last
+    use, so memory follows liveness.
     """
-    needed = {o.id for o in tape.outs if type(o) is Var}
+    eqns, tape_outs = _dedupe(tape.eqns, tape.outs)
+    needed = {o.id for o in tape_outs if type(o) is Var}
     live: list[Eqn] = []
-    for e in reversed(tape.eqns):
+    for e in reversed(eqns):
         if e.out.id in needed:
             live.append(e)
             needed.update(a.id for a in e.ins if type(a) is Var)
@@ -120,7 +162,7 @@ def _generate(tape: Tape) -> tuple[Callable, str]:
         for a in e.ins:
             if type(a) is Var:
                 last_use[a.id] = i
-    out_ids = {o.id for o in tape.outs if type(o) is Var}
+    out_ids = {o.id for o in tape_outs if type(o) is Var}
     env: dict[str, Any] = {}
     counter = itertools.count()
 
@@ -144,7 +186,7 @@ def _generate(tape: Tape) -> tuple[Callable, str]:
                 if last_use[a.id] == i and a.id not in out_ids]
         if dead:
             lines.append(f"    del {', '.join(dead)}")
-    outs = [name(o) if type(o) is Var else const(o) for o in tape.outs]
+    outs = [name(o) if type(o) is Var else const(o) for o in tape_outs]
     lines.append(f"    return [{', '.join(outs)}]")
     source = "\n".join(lines) + "\n"
     scope: dict[str, Any] = dict(env)
