@@ -16,7 +16,9 @@ taken (load on a shared machine only ever lowers it). The elementwise kernels ar
 not arithmetic: their GB/s (bytes read and written once) is the figure to read there.
 
 FLOP counted: linear 2·m·k·n + m·n per product (the bias add), linear_relu one more per
-output (the max); relu_grad 1 per entry (the select), sq_err_mean 3 (subtract, square,
+output (the max); linear_relu_vjp (the backward pass of linear_relu as the engine's rules
+run it: relu_grad, the two adjoint GEMMs x̄ = ḡ Wᵀ and W̄ = xᵀ ḡ, the bias sum) two GEMMs
+and 2 per output; relu_grad 1 per entry (the select), sq_err_mean 3 (subtract, square,
 add), sq_err_mean_grad 2 (subtract, scale), sub_scaled 2 (scale, subtract).
 
 OPENBLAS_NUM_THREADS defaults to 1 here (numba's kernels are single-threaded, and BLAS
@@ -44,8 +46,8 @@ import numpy as np  # noqa: E402
 from tinymeta import bench  # noqa: E402
 from tinymeta.kernels import numpy_backend  # noqa: E402
 
-KERNELS = ("linear", "linear_relu", "relu_grad", "sq_err_mean", "sq_err_mean_grad",
-           "sub_scaled")
+KERNELS = ("linear", "linear_relu", "linear_relu_vjp", "relu_grad", "sq_err_mean",
+           "sq_err_mean_grad", "sub_scaled")
 SQUARES = (64, 256, 1024, 2048)
 # (label, x shape, W shape, b shape) of the sinusoid MLP 1-40-40-1 on 25 tasks of 10 points
 SINUSOID_LINEAR = (
@@ -53,6 +55,15 @@ SINUSOID_LINEAR = (
     ("sin 40->40 per-task", (25, 10, 40), (25, 40, 40), (25, 1, 40)),
     ("sin 40->1 per-task", (25, 10, 40), (25, 40, 1), (25, 1, 1)),
     ("sin 40->40 shared", (25, 10, 40), (40, 40), (40,)),
+)
+# the backward pass of relu(x W + b) at the sinusoid shapes: per-task W, and the first
+# inner step's θ_0 broadcast over the tasks (a stride-0 view, as broadcast_to makes it)
+SINUSOID_VJP = (
+    ("sin 1->40 per-task", (25, 10, 1), (25, 1, 40), False),
+    ("sin 40->40 per-task", (25, 10, 40), (25, 40, 40), False),
+    ("sin 40->1 per-task", (25, 10, 40), (25, 40, 1), False),
+    ("sin 40->40 broadcast", (25, 10, 40), (40, 40), True),
+    ("sin 40->1 broadcast", (25, 10, 40), (40, 1), True),
 )
 SINUSOID_ARRAYS = (("sin (25,10,1)", (25, 10, 1)), ("sin (25,10,40)", (25, 10, 40)),
                    ("sin (25,40,40)", (25, 40, 40)))
@@ -84,6 +95,40 @@ def _linear_cases(name: str, rng, dtype, sizes) -> list[Case]:
     return cases
 
 
+def linear_relu_vjp(backend):
+    """The backward pass of relu(x W + b) from the backend's kernels, as the engine's rules
+    run it: ḡ_z = ḡ·1[ans > 0] (relu_grad), x̄ = ḡ_z Wᵀ (matmul_nt), W̄ = xᵀ ḡ_z
+    (matmul_tn), b̄ = Σ_rows ḡ_z; returns the three cotangents flattened into one array."""
+    def vjp(g, x, W, ans):
+        gz = backend.relu_grad(g, ans)
+        gx, gW = backend.matmul_nt(gz, W), backend.matmul_tn(x, gz)
+        gb = gz.sum(axis=-2, keepdims=True)
+        return np.concatenate([gx.reshape(-1), gW.reshape(-1), gb.reshape(-1)])
+
+    return vjp
+
+
+def _vjp_cases(name: str, rng, dtype, sizes) -> list[Case]:
+    shapes = list(SINUSOID_VJP) + [(f"{n}^2", (n, n), (n, n), False) for n in SQUARES]
+    cases = []
+    for label, xs, ws, broadcast in shapes:
+        if sizes is not None and label not in sizes:
+            continue
+        x, W = (rng.standard_normal(s).astype(dtype) for s in (xs, ws))
+        if broadcast:
+            W = np.broadcast_to(W, (xs[0],) + ws)
+        m, k, n = xs[-2], xs[-1], W.shape[-1]
+        out = xs[:-1] + (n,)
+        batch = math.prod(out[:-2])
+        ans = np.maximum(rng.standard_normal(out), 0).astype(dtype)
+        g = rng.standard_normal(out).astype(dtype)
+        # two GEMMs of the forward's size, the select and the bias sum per output
+        flops = 2 * bench.gemm_flops(m, k, n, batch) + 2 * math.prod(out)
+        nbytes = (x.size + math.prod(ws) + 3 * math.prod(out) + batch * k * n) * x.itemsize
+        cases.append(Case(name, label, (g, x, W, ans), flops, nbytes))
+    return cases
+
+
 def _array_cases(name: str, rng, dtype, sizes) -> list[Case]:
     def arr(shape):
         return rng.standard_normal(shape).astype(dtype)
@@ -109,14 +154,25 @@ def _array_cases(name: str, rng, dtype, sizes) -> list[Case]:
 
 def size_labels(name: str) -> list[str]:
     """The size labels of kernel ``name``, smallest first within each family."""
-    shapes = SINUSOID_LINEAR if name.startswith("linear") else SINUSOID_ARRAYS
+    shapes = (SINUSOID_VJP if name == "linear_relu_vjp" else SINUSOID_LINEAR
+              if name.startswith("linear") else SINUSOID_ARRAYS)
     return [label for label, *_ in shapes] + [f"{n}^2" for n in SQUARES]
 
 
 def cases_for(name: str, rng, dtype, sizes=None) -> list[Case]:
     """The benchmark cases of kernel ``name`` (only the labels in ``sizes``, if given)."""
-    build = _linear_cases if name.startswith("linear") else _array_cases
+    build = (_vjp_cases if name == "linear_relu_vjp" else _linear_cases
+             if name.startswith("linear") else _array_cases)
     return build(name, rng, dtype, sizes)
+
+
+def kernel_pair(name: str) -> tuple[Callable, Callable]:
+    """(NumPy reference, numba backend) functions of kernel ``name``."""
+    from tinymeta.kernels import numba_backend
+
+    if name == "linear_relu_vjp":
+        return linear_relu_vjp(numpy_backend), linear_relu_vjp(numba_backend)
+    return getattr(numpy_backend, name), getattr(numba_backend, name)
 
 
 def check_agree(name: str, ref_fn: Callable, fast_fn: Callable, args: tuple) -> None:
@@ -161,14 +217,12 @@ def run(kernels=KERNELS, dtype=np.float32, repeat: int = 15, min_time: float = 0
     best the machine did; a busy spell on the shared machine only lowers a measurement);
     ``progress(row)`` is called after each kernel and size.
     """
-    from tinymeta.kernels import numba_backend  # compiles nothing until first call
-
     rng = np.random.default_rng(0)
     start = machine()
     peak_start = bench.peak_gflops(n=peak_n, dtype=dtype, min_time=peak_min_time)
     rows = []
     for name in kernels:
-        ref_fn, fast_fn = getattr(numpy_backend, name), getattr(numba_backend, name)
+        ref_fn, fast_fn = kernel_pair(name)
         for case in cases_for(name, rng, dtype, sizes):
             check_agree(name, ref_fn, fast_fn, case.args)
             row = {"kernel": name, "size": case.label,
@@ -306,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = None
     repeat, min_time, peak_n, peak_min_time = args.repeat, args.min_time, 2048, 0.2
     if args.quick:
-        sizes = {label for label, *_ in SINUSOID_LINEAR + SINUSOID_ARRAYS} | {"64^2"}
+        sizes = {label for label, *_ in SINUSOID_LINEAR + SINUSOID_ARRAYS + SINUSOID_VJP}
+        sizes |= {"64^2"}
         repeat, min_time, peak_n, peak_min_time = 3, 0.005, 1024, 0.02
     def progress(row):
         print(f"  {row['kernel']} {row['size']}: {row['speedup']:.2f}x", file=sys.stderr)

@@ -56,6 +56,7 @@ BACKEND_KERNELS = {
     "sub_scaled": {"sub_scaled_flat"},
     "matmul": set(),  # BLAS; a task-broadcast matrix taken as one (one GEMM)
     "matmul_nt": set(),
+    "matmul_tn": {"matmul_tn_tasks"},  # per task where one operand has one column
 }
 
 # the sinusoid MLP 1-40-40-1 on 25 tasks of K = 10 points: per-task (B, …) and shared params
@@ -156,10 +157,12 @@ def three_ways(name, *args, **kwargs):
     assert got.dtype == want.dtype, f"{name}: dtype {got.dtype}, reference {want.dtype}"
     assert got.shape == want.shape
     assert not np.isnan(got).any(), f"{name}: NaN in the output"
-    if name in ("linear", "linear_relu", "matmul", "matmul_nt"):
+    if name in ("linear", "linear_relu", "matmul", "matmul_nt", "matmul_tn"):
         x, W = args[:2]
         if name == "matmul_nt":
             W = W.swapaxes(-1, -2)
+        if name == "matmul_tn":
+            x = x.swapaxes(-1, -2)
         bound = linear_bound(x, W, args[2] if len(args) > 2 else np.zeros((), x.dtype))
         assert_sum_close(got, want, bound, f"{name}: numba vs NumPy reference")
         assert_sum_close(got_py, got, bound, f"{name}: njit vs .py_func")
@@ -267,6 +270,29 @@ def test_matmul_task_broadcast_matrix(name, dtype, shape):
     ws = (K, N) if name == "matmul" else (N, K)  # x @ W, or x @ Wᵀ with W (N, K)
     three_ways(name, x, np.broadcast_to(make(rng, ws, dtype), (B,) + ws))
     three_ways(name, x, make(rng, (B,) + ws, dtype))  # per-task matrices: unchanged
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("xs, ys", [((25, 10, 1), (25, 10, 40)), ((25, 10, 40), (25, 10, 1)),
+                                    ((3, 4, 1), (3, 4, 1)), ((25, 10, 40), (25, 10, 40)),
+                                    ((10, 40), (10, 1))], ids=str)
+def test_matmul_tn(dtype, xs, ys):
+    """xᵀ y: one numba pass per task where x or y has one column, BLAS otherwise."""
+    rng = np.random.default_rng(5)
+    x, y = make(rng, xs, dtype), make(rng, ys, dtype)
+    calls = three_ways("matmul_tn", x, y)
+    one = len(xs) == 3 and (xs[-1] == 1 or ys[-1] == 1)
+    assert calls == (["matmul_tn_tasks"] if one else [])
+    x, y = make(rng, xs, dtype, "transposed"), make(rng, ys, dtype, "sliced")
+    assert three_ways("matmul_tn", x, y) == []  # other layouts: the reference
+
+
+@given(B=sides, M=sides, K=sides, dtype=dtypes, seed=seeds, which=st.booleans())
+def test_matmul_tn_drawn_shapes(B, M, K, dtype, seed, which):
+    rng = np.random.default_rng(seed)
+    xs, ys = ((B, M, 1), (B, M, K)) if which else ((B, M, K), (B, M, 1))
+    assert three_ways("matmul_tn", make(rng, xs, dtype), make(rng, ys, dtype)) == [
+        "matmul_tn_tasks"]
 
 
 # bias layouts and dtypes the numba epilogue does not take: the reference runs, bit for bit
@@ -544,6 +570,12 @@ def _direct_linear_dot(rng, dt, lay, n, m):
             np.empty((2, n, 1), dt)), 4
 
 
+def _direct_matmul_tn_tasks(rng, dt, lay, n, m):
+    # positive terms (a reordered sum agrees to K ε); one operand of one column
+    x, y = np.abs(make(rng, (2, n, m), dt, lay)), np.abs(make(rng, (2, n, 1), dt, lay))
+    return (x, y, np.empty((2, m, 1), dt)), 2
+
+
 # kernel name -> builder(rng, dtype, layout, n, m) -> (args, index of the array written)
 DIRECT = {
     "relu_flat": _direct_relu_flat,
@@ -552,6 +584,7 @@ DIRECT = {
     "bias_tasks": _direct_bias_tasks,
     "linear_outer": _direct_linear_outer,
     "linear_dot": _direct_linear_dot,
+    "matmul_tn_tasks": _direct_matmul_tn_tasks,
     "sq_err_mean_2d": _direct_sq_err_mean_2d,
     "sq_err_mean_grad_2d": _direct_sq_err_mean_grad_2d,
     "sub_scaled_flat": _direct_sub_scaled_flat,
@@ -647,7 +680,7 @@ _USE_KERNELS = textwrap.dedent("""
     nb.SUB_SCALED_MIN_SIZE = 0  # its numba pass at any size
     outs = [nb.linear(x, W, b), nb.linear_relu(x, Wt, bt), nb.relu(x), nb.relu_grad(x, x),
             nb.sq_err_mean(x, x), nb.sq_err_mean_grad(g, x, x), nb.sub_scaled(x, x, 0.5),
-            nb.linear(x1, W1, b), nb.linear(x, W1t, b1t)]
+            nb.linear(x1, W1, b), nb.linear(x, W1t, b1t), nb.matmul_tn(x, x1)]
     kernels = {n: f for n, f in vars(nk).items() if hasattr(f, "py_func")}
     try:  # the test numba's in-tree cache locator makes
         tempfile.TemporaryFile(dir=os.path.dirname(nk.__file__)).close()

@@ -88,6 +88,24 @@ def linear_dot(x, W, b, relu, out):
             out[t, i, 0] = v
 
 
+@njit(cache=True)
+def matmul_tn_tasks(x, y, out):
+    """out[t] = x[t]ᵀ y[t] for x (B, M, K), y (B, M, N) with K = 1 or N = 1 (the weight
+    cotangent of a layer of one input or one output): a sum over the M rows, the long
+    axis innermost, in one pass over the tasks."""
+    B, M, K = x.shape
+    N = y.shape[2]
+    for t in range(B):
+        for k in range(K):
+            for j in range(N):
+                out[t, k, j] = 0.0
+        for i in range(M):
+            for k in range(K):
+                xv = x[t, i, k]
+                for j in range(N):
+                    out[t, k, j] += xv * y[t, i, j]
+
+
 @njit(cache=True, fastmath={"reassoc"})
 def sq_err_mean_2d(p, y, out):
     """out[t] = mean_j (p[t, j] − y[t, j])², summed in float64.

@@ -18,6 +18,7 @@ from .numpy_backend import *  # noqa: F403  (the reference kernels this backend 
 from .numpy_backend import array_types, ndarray, xp  # noqa: F401
 from .numpy_backend import matmul as _ref_matmul
 from .numpy_backend import matmul_nt as _ref_matmul_nt
+from .numpy_backend import matmul_tn as _ref_matmul_tn
 from .numpy_backend import relu_grad as _ref_relu_grad
 from .numpy_backend import sq_err_mean as _ref_sq_err_mean
 from .numpy_backend import sq_err_mean_grad as _ref_sq_err_mean_grad
@@ -74,6 +75,19 @@ def matmul(x, y):
 def matmul_nt(x, y):
     """x @ yᵀ (the reference's), with a task-broadcast y taken as the one matrix it is."""
     return _ref_matmul_nt(x, _shared(x, y))
+
+
+def matmul_tn(x, y):
+    """xᵀ @ y over the last two axes; per task in one numba pass where x or y has one
+    column (a weight cotangent of a layer of one input or one output: B small GEMMs
+    or matrix-vector products in BLAS, each costing more in the call than in the work)."""
+    if x.ndim == 3 and y.ndim == 3 and x.shape[:2] == y.shape[:2] \
+            and (x.shape[2] == 1 or y.shape[2] == 1) and _same_float(x, y) \
+            and x.flags.c_contiguous and y.flags.c_contiguous:
+        out = np.empty((x.shape[0], x.shape[2], y.shape[2]), dtype=x.dtype)
+        nk.matmul_tn_tasks(x, y, out)
+        return out
+    return _ref_matmul_tn(x, y)
 
 
 def _bias_epilogue(z, b, relu: bool):
@@ -184,8 +198,8 @@ def sq_err_mean_grad(g, p, y):
 
 #: Below this many entries ``sub_scaled`` is NumPy's: numba's call and the wrapper's
 #: reshapes (≈ 1.5 µs) cost more than the pass saves (measured: 0.4× at 250 entries, 0.96× at
-#: 4,000, 1.2× at 10,000, 1.8× at 40,000, float32).
-SUB_SCALED_MIN_SIZE = 4096
+#: 4,000, 1.2× at 10,000, 1.8× at 40,000, float32: the crossover lies between 4,000 and 10,000).
+SUB_SCALED_MIN_SIZE = 8192
 
 
 def sub_scaled(x, d, scale):
