@@ -120,6 +120,19 @@ def test_reptile_query_trains_on_support_and_query(data_zip):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
     plain, _ = tm.meta.reptile(classify.loss_fn, params, batch, cfg.inner_lr, 2)
     assert not np.allclose(tm.tree_leaves(g)[0], tm.tree_leaves(plain)[0])
+    # --reptile-batch: blocks of the pooled images (3 classes × (1 + 2) images = 9 per task)
+    with pytest.raises(ValueError, match="--reptile-batch must be in 1..9"):
+        tiny(data_zip, algo="reptile", reptile_query=True, query=2,
+             reptile_batch=10).resolved().validate()
+    with pytest.raises(ValueError, match="applies to --algo reptile only"):
+        tiny(data_zip, algo="fomaml", reptile_batch=3).resolved().validate()
+    cfg3 = tiny(data_zip, algo="reptile", reptile_query=True, reptile_batch=3, inner_steps=2,
+                dtype="float64").resolved()
+    g3, _ = classify.make_step(cfg3, None)(params, batch)
+    want3, _ = tm.meta.reptile(classify.loss_fn, params, pooled, cfg.inner_lr, 2,
+                               inner_batch=3)
+    for a, b in zip(tm.tree_leaves(g3), tm.tree_leaves(want3)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
 def test_splits_are_disjoint_by_alphabet(data_zip):

@@ -209,6 +209,33 @@ def test_reptile_use_query_pools_the_points():
     np.testing.assert_allclose(flat(g), flat(g2), atol=1e-13)
 
 
+def test_reptile_minibatches_by_hand():
+    """inner_batch = 2 on K = 5 points: steps use rows 0-1, 2-3, 0-1, … (two whole blocks),
+    the linear model's steps written out by hand per task in NumPy."""
+    tm.set_backend("numpy")
+    params, batch = linear_problem(B=3, K=5)
+    W, b = params
+    alpha, T, bs = 0.1, 4, 2
+    diffs_W, diffs_b = [], []
+    for e in range(3):
+        We, be = W.copy(), b.copy()
+        for t in range(T):
+            lo = (t % 2) * bs
+            x, y = batch.support_x[e, lo:lo + bs], batch.support_y[e, lo:lo + bs]
+            r = x @ We + be - y
+            We, be = We - alpha * (2.0 / bs) * x.T @ r, be - alpha * (2.0 / bs) * r.sum(0)
+        diffs_W.append(W - We)
+        diffs_b.append(b - be)
+    g, _ = meta.reptile(linear_loss, [W, b], batch, alpha, T, inner_batch=bs)
+    np.testing.assert_allclose(g[0], np.mean(diffs_W, axis=0), atol=1e-13)
+    np.testing.assert_allclose(g[1], np.mean(diffs_b, axis=0), atol=1e-13)
+    full, _ = meta.reptile(linear_loss, [W, b], batch, alpha, T, inner_batch=5)
+    plain, _ = meta.reptile(linear_loss, [W, b], batch, alpha, T)
+    np.testing.assert_allclose(flat(full), flat(plain), atol=1e-15)
+    with pytest.raises(ValueError, match="inner_batch must be in 1..5"):
+        meta.reptile(linear_loss, [W, b], batch, alpha, T, inner_batch=6)
+
+
 # ---- iMAML on a quadratic inner problem ----------------------------------------------------
 
 

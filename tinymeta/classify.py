@@ -139,6 +139,7 @@ class ClassifyConfig:
     damping: float = 0.0
     on_negative_curvature: str = "continue"
     reptile_query: bool = False  # reptile's learner trains on support ∪ query (train-shots)
+    reptile_batch: int | None = None  # reptile: images per inner step (None: all)
     compile: bool = False
     checkpoint_every: int = 500
     log_every: int = 50
@@ -197,6 +198,14 @@ class ClassifyConfig:
             raise ValueError(f"--lam must be > 0; got {self.lam}")
         if self.reptile_query and self.algo != "reptile":
             raise ValueError(f"--reptile-query applies to --algo reptile only; got {self.algo}")
+        if self.reptile_batch is not None:
+            if self.algo != "reptile":
+                raise ValueError("--reptile-batch applies to --algo reptile only; got "
+                                 f"{self.algo}")
+            n = self.ways * (self.shots + (self.query or self.shots) * self.reptile_query)
+            if not 1 <= self.reptile_batch <= n:
+                raise ValueError(f"--reptile-batch must be in 1..{n} (the learner's images "
+                                 f"per task); got {self.reptile_batch}")
         overlap = set(split_names(self.val_alphabets)) & set(split_names(self.test_alphabets))
         if overlap:
             raise ValueError(f"alphabets {sorted(overlap)} are both validation and test")
@@ -297,7 +306,8 @@ def make_step(cfg: ClassifyConfig, mask: Any) -> Callable[[Any, TaskBatch], tupl
             return meta.maml(loss_fn, theta, batch, a, T, order=order, method=method,
                              adapt=mask)
         if cfg.algo == "reptile":
-            return meta.reptile(loss_fn, theta, batch, a, T, use_query=cfg.reptile_query)
+            return meta.reptile(loss_fn, theta, batch, a, T, use_query=cfg.reptile_query,
+                                inner_batch=cfg.reptile_batch)
         return meta.imaml(loss_fn, theta, batch, a, T, lam=cfg.lam, cg_steps=cfg.cg_steps,
                           cg_tol=cfg.cg_tol, damping=cfg.damping,
                           on_negative_curvature=cfg.on_negative_curvature)
@@ -653,7 +663,8 @@ def format_runs(result: dict) -> str:
 
 #: Train options that only --task omniglot takes (dest names).
 OMNIGLOT_ONLY = ("data", "ways", "val_alphabets", "test_alphabets", "augment", "bn", "bn_adapt",
-                 "eval_every", "patience", "val_tasks", "reptile_query")
+                 "eval_every", "patience", "val_tasks", "reptile_query",
+                 "reptile_batch")
 #: Settings a resumed run may change; every other one must match config.json.
 RESUMABLE = {"iterations", "checkpoint_every", "log_every", "skip_nonfinite", "patience",
              "eval_every"}

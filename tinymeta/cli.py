@@ -150,6 +150,9 @@ def _add_omniglot_train_options(p: argparse.ArgumentParser) -> None:
     a("--reptile-query", action="store_true", default=None,
       help="reptile: the learner trains on the support and query images together, so "
       "--query Q gives it shots + Q images per class (Nichol et al.'s train-shots)")
+    a("--reptile-batch", type=_positive_int, default=None, metavar="B",
+      help="reptile: B images per inner step, consecutive blocks of the (randomly ordered) "
+      "learner's images, cycling (default: all of them every step)")
     a("--compile", action="store_true", default=None,
       help="record the meta-gradient step once with tm.compile and replay it")
 

@@ -10,12 +10,19 @@ from .common import LossFn, broadcast_tasks, inner_step, num_tasks
 
 
 def reptile(loss_fn: LossFn, params: Any, batch: Any, inner_lr: float, inner_steps: int,
-            use_query: bool = False) -> tuple:
+            use_query: bool = False, inner_batch: int | None = None) -> tuple:
     """Reptile's "meta-gradient": (1/B) Σ_e (θ_0 − θ_T^e).
 
-    Learner: θ_{t+1} = θ_t − α ∇L_S(θ_t) for T steps from θ_0 (on S ∪ Q with
-    ``use_query``). Reptile's update θ_0 ← θ_0 + ε (1/B) Σ_e (θ_T^e − θ_0) is then the
-    outer optimizer's SGD step with learning rate ε on the returned value.
+    Learner: θ_{t+1} = θ_t − α ∇L_{D_t}(θ_t) for T steps from θ_0, where D_t is the
+    support set S (S ∪ Q with ``use_query``), or with ``inner_batch = b`` its t-th block
+    of b consecutive points, cycling (the sets are drawn in random order, so a block is a
+    random minibatch). Minibatches that differ from step to step are what give Reptile
+    its generalisation term: to second order in α its meta-gradient contains, in
+    expectation, −(α²/2)∇(∇L_{D_i}·∇L_{D_j}) for i < j, which rewards gradients that agree
+    across different data (Nichol et al.'s Taylor-series analysis).
+
+    Reptile's update θ_0 ← θ_0 + ε (1/B) Σ_e (θ_T^e − θ_0) is then the outer optimizer's
+    SGD step with learning rate ε on the returned value.
 
     Errata of the lecture: the slide's θ_0 − ∂L(θ_T)/∂θ_T is not Reptile; the update uses
     the parameter difference θ_0 − θ_T (Nichol et al. 2018). And θ_0 − θ_T = α Σ_t ∇L(θ_t)
@@ -29,6 +36,7 @@ def reptile(loss_fn: LossFn, params: Any, batch: Any, inner_lr: float, inner_ste
         inner_lr: α.
         inner_steps: T ≥ 1.
         use_query: run the learner on the support and query points together.
+        inner_batch: points per inner step (None: all of them every step).
 
     Returns:
         (meta_gradient like params, info): "support_loss" L_S(θ_0) and "query_loss"
@@ -44,10 +52,20 @@ def reptile(loss_fn: LossFn, params: Any, batch: Any, inner_lr: float, inner_ste
     if use_query:
         x = ops.concatenate([x, batch.query_x], axis=1)
         y = ops.concatenate([y, batch.query_y], axis=1)
+    n = int(ops.shape(x)[1])
+    if inner_batch is not None and not 1 <= int(inner_batch) <= n:
+        raise ValueError(f"reptile: inner_batch must be in 1..{n} (the learner's points per "
+                         f"task); got {inner_batch}")
+    blocks = 1 if inner_batch is None else n // int(inner_batch)
     theta = broadcast_tasks(params, B)
     support = None
-    for _ in range(int(inner_steps)):
-        theta, losses = inner_step(loss_fn, theta, x, y, inner_lr)
+    for t in range(int(inner_steps)):
+        if inner_batch is None:
+            xt, yt = x, y
+        else:
+            lo = (t % blocks) * int(inner_batch)
+            xt, yt = x[:, lo:lo + int(inner_batch)], y[:, lo:lo + int(inner_batch)]
+        theta, losses = inner_step(loss_fn, theta, xt, yt, inner_lr)
         if support is None:
             support = losses
     query = loss_fn(theta, batch.query_x, batch.query_y)
