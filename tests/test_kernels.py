@@ -807,3 +807,27 @@ def test_kernel_benchmark_script_smoke(tmp_path):
             assert r[backend]["median_s"] > 0 and 0 < r[backend]["frac_peak"]
         assert r["speedup"] > 0
     assert "linear" in proc.stdout and not list(tmp_path.glob(".kernels-*"))
+
+
+# ---- the reference's own fast path: broadcast_to ----------------------------------------------
+
+
+@given(data=st.data(), dtype=dtypes)
+def test_broadcast_to_equals_numpys(data, dtype):
+    """The strided view of numpy_backend.broadcast_to: np.broadcast_to's shape, strides,
+    values and read-only flag, and its errors, on drawn shapes (contiguous or not)."""
+    shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4))
+    target = data.draw(hnp.broadcastable_shapes(shape, min_dims=len(shape), max_dims=4))
+    target = tuple(s if s != 1 else data.draw(st.integers(1, 3)) for s in target)  # stretch
+    layout = data.draw(st.sampled_from(["contiguous", "transposed"]))
+    x = make(np.random.default_rng(0), shape, dtype, layout)
+    try:
+        want = np.broadcast_to(x, target)
+    except ValueError:
+        with pytest.raises(ValueError):
+            ref.broadcast_to(x, target)
+        return
+    got = ref.broadcast_to(x, target)
+    assert got.shape == want.shape and got.strides == want.strides
+    assert not got.flags.writeable
+    np.testing.assert_array_equal(got, want)
