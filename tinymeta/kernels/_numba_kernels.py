@@ -91,19 +91,24 @@ def linear_dot(x, W, b, relu, out):
 @njit(cache=True)
 def matmul_tn_tasks(x, y, out):
     """out[t] = x[t]ᵀ y[t] for x (B, M, K), y (B, M, N) with K = 1 or N = 1 (the weight
-    cotangent of a layer of one input or one output): a sum over the M rows, the long
-    axis innermost, in one pass over the tasks."""
+    cotangent of a layer of one input or one output): a sum over the M rows, with the
+    long axis (N, or K when N = 1) innermost, in one pass over the tasks."""
     B, M, K = x.shape
     N = y.shape[2]
     for t in range(B):
         for k in range(K):
             for j in range(N):
                 out[t, k, j] = 0.0
-        for i in range(M):
-            for k in range(K):
-                xv = x[t, i, k]
+        if N == 1:
+            for i in range(M):
+                yv = y[t, i, 0]
+                for k in range(K):
+                    out[t, k, 0] += x[t, i, k] * yv
+        else:
+            for i in range(M):
+                xv = x[t, i, 0]
                 for j in range(N):
-                    out[t, k, j] += xv * y[t, i, j]
+                    out[t, 0, j] += xv * y[t, i, j]
 
 
 @njit(cache=True, fastmath={"reassoc"})
