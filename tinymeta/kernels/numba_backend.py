@@ -92,10 +92,12 @@ def matmul_tn(x, y):
 
 def _bias_epilogue(z, b, relu: bool):
     """Add b to z in place (then relu) with a numba kernel; False where it cannot."""
-    if not _same_float(z, b) or not z.flags.c_contiguous:
+    dt = z.dtype
+    if type(b) is not np.ndarray or b.dtype != dt or dt not in _FLOATS \
+            or not z.flags.c_contiguous:
         return False
     if b.ndim == 1 and z.ndim >= 1 and b.shape[0] == z.shape[-1]:
-        nk.bias_rows(z.reshape(-1, z.shape[-1]), b, relu)
+        nk.bias_rows(z if z.ndim == 2 else z.reshape(-1, z.shape[-1]), b, relu)
         return True
     if z.ndim == 3 and b.ndim == 3 and b.shape == (z.shape[0], 1, z.shape[2]):
         nk.bias_tasks(z, np.ascontiguousarray(b), relu)
@@ -156,7 +158,7 @@ def linear(x, W, b):
         if z is not None:
             return z
     z = matmul(x, W) if W.ndim == 3 else _ref_matmul(x, W)
-    if isinstance(z, np.ndarray) and z.flags.writeable and _bias_epilogue(z, b, False):
+    if type(z) is np.ndarray and z.flags.writeable and _bias_epilogue(z, b, False):
         return z
     z += b  # the reference epilogue on the product already computed (not a second GEMM)
     return z
@@ -170,7 +172,7 @@ def linear_relu(x, W, b):
         if z is not None:
             return z
     z = matmul(x, W) if W.ndim == 3 else _ref_matmul(x, W)
-    if isinstance(z, np.ndarray) and z.flags.writeable and _bias_epilogue(z, b, True):
+    if type(z) is np.ndarray and z.flags.writeable and _bias_epilogue(z, b, True):
         return z
     z += b
     np.maximum(z, 0, out=z)
