@@ -149,34 +149,30 @@ def _shared_layer(x, W, b):
     return W, b
 
 
-def linear(x, W, b):
-    """x W + b: one numba pass for a layer of one input or one output, else the GEMM in
-    BLAS and the bias in one numba pass."""
+def _linear(x, W, b, relu: bool):
     if W.ndim != 2 or W.shape[0] == 1:  # (the common 2-D case goes straight to BLAS)
         W, b = _shared_layer(x, W, b)
-        z = _one_pass(x, W, b, False)
+        z = _one_pass(x, W, b, relu)
         if z is not None:
             return z
     z = matmul(x, W) if W.ndim == 3 else _ref_matmul(x, W)
-    if type(z) is np.ndarray and z.flags.writeable and _bias_epilogue(z, b, False):
+    if type(z) is np.ndarray and z.flags.writeable and _bias_epilogue(z, b, relu):
         return z
     z += b  # the reference epilogue on the product already computed (not a second GEMM)
+    if relu:
+        np.maximum(z, 0, out=z)
     return z
+
+
+def linear(x, W, b):
+    """x W + b: one numba pass for a layer of one input or one output, else the GEMM in
+    BLAS and the bias in one numba pass."""
+    return _linear(x, W, b, False)
 
 
 def linear_relu(x, W, b):
     """relu(x W + b): as :func:`linear`, with the relu in the same pass."""
-    if W.ndim != 2 or W.shape[0] == 1:
-        W, b = _shared_layer(x, W, b)
-        z = _one_pass(x, W, b, True)
-        if z is not None:
-            return z
-    z = matmul(x, W) if W.ndim == 3 else _ref_matmul(x, W)
-    if type(z) is np.ndarray and z.flags.writeable and _bias_epilogue(z, b, True):
-        return z
-    z += b
-    np.maximum(z, 0, out=z)
-    return z
+    return _linear(x, W, b, True)
 
 
 def sq_err_mean(p, y):
