@@ -111,33 +111,26 @@ def _key(a: Any) -> Any:
         return (type(a), repr(a))  # 0.0 and -0.0 are equal but not the same constant
     try:
         hash(a)
-    except TypeError:
-        return ("id", id(a))
-    if isinstance(a, np.ndarray):
+    except TypeError:  # arrays, lists
         return ("id", id(a))
     return (type(a), a)
 
 
 def _dedupe(eqns: list, outs: list) -> tuple[list, list]:
     """Common subexpressions: an equation with the primitive, inputs and parameters of an
-    earlier one is dropped and its output read from the earlier one's (primitives are
-    pure, as jax.jit assumes; the replay then computes each value once, as eager mode's
-    own caching of a rule's shared factor would)."""
+    earlier one is dropped and its output read from the earlier one's, so the replay
+    computes each value once (primitives are pure, as jax.jit assumes)."""
     same: dict[int, Var] = {}  # dropped output id -> the Var that holds the value
     first: dict[tuple, Var] = {}
     kept: list = []
     for e in eqns:
         ins = [same.get(a.id, a) if type(a) is Var else a for a in e.ins]
-        try:
-            key = (id(e.prim), tuple(_key(a) for a in ins),
-                   tuple((k, _key(v)) for k, v in sorted(e.params.items())))
-        except TypeError:  # an unorderable parameter set: keep the equation as it is
-            key = None
-        if key is not None and key in first:
+        key = (id(e.prim), tuple(_key(a) for a in ins),
+               tuple((k, _key(v)) for k, v in sorted(e.params.items())))
+        if key in first:
             same[e.out.id] = first[key]
             continue
-        if key is not None:
-            first[key] = e.out
+        first[key] = e.out
         kept.append(Eqn(e.prim, ins, e.params, e.out, e.phase))
     return kept, [same.get(o.id, o) if type(o) is Var else o for o in outs]
 
