@@ -53,10 +53,8 @@ for _key, _value in THREAD_DEFAULTS.items():
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 import timeit  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -460,21 +458,8 @@ def format_checks(checks: list) -> str:
 
 
 def write_json_atomic(path: str, data: Any) -> None:
-    """Write JSON to a temporary file beside ``path``, then os.replace it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".e2e-", suffix=".json.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=_jsonable)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """The results as JSON at ``path``, written atomically (tinymeta.io.write_json)."""
+    tm.io.write_json(path, data, indent=1, default=_jsonable)
 
 
 def _jsonable(x: Any) -> Any:
@@ -519,16 +504,11 @@ def plot_sweep(path: str, results: list, meta: dict) -> str | None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".e2e-", suffix=".png", dir=folder)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with tm.io.atomic_write(path, binary=True) as f:
+            fig.savefig(f, format="png", dpi=120)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return None
 
 

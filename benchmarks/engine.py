@@ -16,7 +16,6 @@ one process, side by side.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -159,10 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
               f" {m['replay_over_forward']:10.2f}")
     print("  (replay/fwd: the gradient replayed by tm.compile, kernels only, over the forward)")
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(res, fh, indent=2)
-        os.replace(tmp, args.json)
+        tm.io.write_json(args.json, res, indent=2)
     return res
 
 

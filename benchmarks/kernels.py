@@ -33,17 +33,16 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads OpenBLA
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from tinymeta import bench  # noqa: E402
+from tinymeta import io as tm_io  # noqa: E402
 from tinymeta.kernels import numpy_backend  # noqa: E402
 
 KERNELS = ("linear", "linear_relu", "linear_relu_vjp", "relu_grad", "sq_err_mean",
@@ -287,20 +286,8 @@ def table(data: dict) -> str:
 
 
 def write_json_atomic(path: str, data: dict) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file in the same folder, renamed
-    into place, so a reader never sees half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".kernels-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """The results as JSON at ``path``, written atomically (tinymeta.io.write_json)."""
+    tm_io.write_json(path, data, indent=1)
 
 
 def plot(data: dict, path: str) -> bool:

@@ -21,8 +21,6 @@ Time: one run each (these are large calls; the point is the trend in T).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 import tracemalloc
 
@@ -114,10 +112,7 @@ def main(argv=None) -> list[dict]:
     for shape in args.shapes.split(","):
         rows += measure(shape, methods, depths)
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(rows, fh, indent=1)
-        os.replace(tmp, args.json)
+        tm.io.write_json(args.json, rows, indent=1)
     if args.plot:
         try:
             import matplotlib

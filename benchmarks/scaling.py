@@ -196,10 +196,9 @@ def worker(path: str, quick: bool) -> None:
     if world.is_root:
         data = {"P": world.size, "backend": kernels.backend_name(), "steps": results,
                 "allreduce": sweep}
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
+        from tinymeta import io as tm_io
+
+        tm_io.write_json(path, data)
 
 
 # ---- the driver: run, fit, model ---------------------------------------------------------
@@ -443,12 +442,9 @@ def main(argv: list | None = None) -> int:
         info, steps, sweep = measure(ranks, args.repeats, args.quick)
     result = report(info, steps, sweep)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.json)),
-                                   prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, args.json)
+        from tinymeta import io as tm_io
+
+        tm_io.write_json(args.json, result, indent=1)
         print(f"\n{args.json}")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
@@ -67,3 +68,16 @@ def test_top_level_save_load_when_exported(tmp_path):
         pytest.skip("tinymeta/__init__.py does not export save/load yet")
     tm.save(tmp_path / "p.npz", [np.ones(3)])
     np.testing.assert_array_equal(tm.load(tmp_path / "p.npz")[0], np.ones(3))
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    path = tmp_path / "data.json"
+    io.write_json(path, {"a": 1})
+    with pytest.raises(RuntimeError, match="half way"):
+        with io.atomic_write(path) as f:
+            f.write('{"a": ')
+            raise RuntimeError("half way")
+    assert json.loads(path.read_text()) == {"a": 1}  # the old file, whole
+    assert sorted(os.listdir(tmp_path)) == ["data.json"]  # no temporary file left
+    io.write_json(tmp_path / "sub" / "new.json", [1, 2], indent=1)  # folder created
+    assert json.loads((tmp_path / "sub" / "new.json").read_text()) == [1, 2]

@@ -10,11 +10,13 @@ a reader never sees half a file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import zipfile
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 import numpy as np
 
@@ -70,6 +72,47 @@ def _decode(node: Any, data: Any) -> Any:
     raise ValueError(f"load: unknown node kind {kind!r} in the tree description")
 
 
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; when the block ends without an
+    error, flush and fsync it, rename it onto ``path`` (``os.replace``, atomic on POSIX) and
+    fsync the folder where the platform allows; on an error, remove it. A reader sees the
+    old file or the whole new one, never half a file, and a crash leaves no partial file at
+    ``path``. The folder is created if missing."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename durable where the platform allows it
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def write_json(path: str | os.PathLike, obj: Any, **dumps: Any) -> None:
+    """``json.dump(obj, **dumps)`` into ``path`` atomically (:func:`atomic_write`), with a
+    final newline."""
+    with atomic_write(path) as f:
+        json.dump(obj, f, **dumps)
+        f.write("\n")
+
+
 def save(path: str | os.PathLike, tree: Any, metadata: dict | None = None) -> None:
     """Write a pytree of arrays (and JSON-able ``metadata``) to ``path``, atomically.
 
@@ -82,19 +125,8 @@ def save(path: str | os.PathLike, tree: Any, metadata: dict | None = None) -> No
     entries["__tree__"] = np.array(header)
     if metadata is not None:
         entries["__meta__"] = np.array(json.dumps(metadata))
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, allow_pickle=False, **entries)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, binary=True) as f:
+        np.savez(f, allow_pickle=False, **entries)
 
 
 def _open(path: str | os.PathLike) -> Any:

@@ -19,7 +19,6 @@ import functools
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -221,21 +220,8 @@ def initial_model(cfg: TrainConfig, setup: Any) -> dict:
 # ---- the run folder ------------------------------------------------------------------------
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_json(path: str, obj: Any) -> None:
-    _write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    io.write_json(path, obj, indent=2, sort_keys=True)
 
 
 def load_config(out: str) -> TrainConfig:
@@ -279,7 +265,8 @@ def _truncate_log(path: str, iteration: int) -> None:
         for line in f:
             if line.strip() and json.loads(line).get("iteration", 0) <= iteration:
                 kept.append(line)
-    _write_text_atomic(path, "".join(kept))
+    with io.atomic_write(path) as f:
+        f.write("".join(kept))
 
 
 def _to_float(x: Any) -> float:

@@ -31,7 +31,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,6 +40,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from tinymeta.io import atomic_write
 from tinymeta.tasks.base import TaskBatch
 
 __all__ = [
@@ -345,39 +345,18 @@ def _read_cache(path: Path, key: Mapping[str, Any]) -> _SourceArrays:
 
 
 def _write_cache(path: Path, key: Mapping[str, Any], arrays: _SourceArrays) -> None:
-    """Write atomically: a temporary file in the same folder, fsync, then os.replace."""
+    """Write atomically (:func:`tinymeta.io.atomic_write`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = json.dumps({"key": key, "checksum": _checksum(arrays)}, sort_keys=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                images=arrays.images,
-                alphabets=np.array([a for a, _ in arrays.characters], dtype=str),
-                characters=np.array([c for _, c in arrays.characters], dtype=str),
-                files=arrays.files,
-                meta=np.array(meta),
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename durable where the platform allows it
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    with atomic_write(path, binary=True) as f:
+        np.savez(
+            f,
+            images=arrays.images,
+            alphabets=np.array([a for a, _ in arrays.characters], dtype=str),
+            characters=np.array([c for _, c in arrays.characters], dtype=str),
+            files=arrays.files,
+            meta=np.array(meta),
+        )
 
 
 def load_source(
