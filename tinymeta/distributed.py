@@ -29,6 +29,13 @@ The same buffer carries, at no extra call:
   every rank holds all P hashes, and a disagreement stops every rank with an error naming
   the ranks (52 bits, so a hash is an integer that float64 holds exactly).
 
+Validation (Omniglot). A fixed set of n validation tasks is split into P contiguous
+shares (:meth:`World.task_range`, sizes ⌊n/P⌋ or ⌈n/P⌉); each rank computes its tasks'
+accuracies and one more ``Allreduce`` of an (n,) zero buffer, each rank's values at their
+offsets, gathers them exactly in task order (:meth:`World.allgather_tasks`), so every rank
+forms the same mean from the same array as one process would, and takes the same
+best-checkpoint and early-stopping decisions.
+
 Launch and failure. Under ``mpiexec`` the ranks are detected from the launcher's
 environment (``PMI_RANK``/``PMI_SIZE`` of MPICH's hydra, ``OMPI_COMM_WORLD_*`` of Open MPI,
 ``PMIX_RANK``, ``MV2_COMM_WORLD_*``); mpi4py is imported only then (or when ``--mpi``
@@ -375,6 +382,44 @@ class World:
         if self._watchdog is None:
             return contextlib.nullcontext()
         return self._watchdog.guard(what, max(self.timeout, at_least or 0.0))
+
+    # ---- per-task values of a fixed task set (validation) ------------------------------
+
+    def task_range(self, total: int) -> tuple[int, int]:
+        """This rank's contiguous share [lo, hi) of n = ``total`` tasks.
+
+        lo = ⌊r·n/P⌋ and hi = ⌊(r+1)·n/P⌋: the shares cover 0 … n − 1 in rank order and
+        differ in size by at most one (a rank gets none when n < P). P = 1: (0, n).
+        """
+        return (self.rank * total) // self.size, ((self.rank + 1) * total) // self.size
+
+    def allgather_tasks(self, values: np.ndarray, total: int,
+                        what: str = "a gather of per-task values") -> np.ndarray:
+        """The (n,) float64 values of all ``total`` tasks from each rank's share of them.
+
+        Rank r holds the values of its tasks :meth:`task_range` (``total``); it writes them
+        at their offset of a zero buffer of length n and the ranks sum the buffers with one
+        guarded ``Allreduce``: each entry is one rank's value plus zeros, so the result is
+        exactly the one-process array in task order (x + 0 = x for every finite x; a −0.0
+        comes back as +0.0). P = 1: ``values`` itself.
+
+        Raises:
+            ValueError: ``values`` is not as long as this rank's share.
+        """
+        if self.size == 1:
+            return values
+        from mpi4py import MPI
+
+        lo, hi = self.task_range(total)
+        local = np.asarray(values, dtype=np.float64).reshape(-1)
+        if local.size != hi - lo:
+            raise ValueError(f"allgather_tasks: rank {self.rank} holds {local.size} values; "
+                             f"its share of {total} tasks is {hi - lo} (tasks {lo}..{hi - 1})")
+        buf = np.zeros(total, dtype=np.float64)
+        buf[lo:hi] = local
+        with self._guard(what, STARTUP_TIMEOUT_S if self.allreduce_calls == 0 else None):
+            self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        return buf
 
     def allgather_int(self, value: int, what: str = "an Allgather") -> list[int]:
         """Every rank's ``value`` (a guarded Allgather of one int64), for tests and checks."""
