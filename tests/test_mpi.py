@@ -228,14 +228,6 @@ def test_a_meta_batch_that_does_not_split_is_one_clear_error(tmp_path):
     assert "Abort" not in p.stderr  # every rank fails alike: printed once, no abort
 
 
-@needs_mpi
-def test_omniglot_over_mpi_is_refused_in_one_line(tmp_path):
-    p = run_mpi(2, "-c", CLI, "train", "--task", "omniglot", "--out", str(tmp_path / "run"))
-    assert p.returncode == 1
-    assert p.stderr.count("--task omniglot does not run over MPI yet") == 1, p.stderr
-    assert not (tmp_path / "run").exists()
-
-
 # ---- (c) a lost rank, a hung rank, and resume ------------------------------------------------
 
 

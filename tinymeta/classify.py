@@ -20,6 +20,12 @@ A run folder holds what :mod:`tinymeta.train` writes (``config.json``, ``train.j
 ``checkpoint.npz`` through its helpers, so resuming continues bit for bit), plus
 ``val.jsonl`` (one line per validation), ``best.npz``, ``result.json`` (the chosen
 iteration and the timings) and, after ``tinymeta eval``, ``eval.json``.
+
+Meta-training runs data-parallel under ``mpiexec -n P`` as the sinusoid's does
+(:mod:`tinymeta.distributed`): every rank draws the same meta-batch and keeps B/P of its
+tasks, one Allreduce per step averages the meta-gradients, the validation tasks are split
+across the ranks and their accuracies gathered exactly, and only rank 0 writes the run
+folder. On one process nothing of this runs and the results are what they always were.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from . import io, kernels, meta, nn, ops
+from . import distributed, io, kernels, meta, nn, ops
 from .meta.common import adapt_path, tree_is_finite
 from .nn.batchnorm import OMNIGLOT_HIDDEN
 from .tasks.base import TaskBatch
@@ -373,6 +379,28 @@ def _selection(val_log: list[dict]) -> tuple[float, int, int]:
     return best, best_it, since
 
 
+def _task_slice(batch: TaskBatch, lo: int, hi: int) -> TaskBatch:
+    """Tasks lo … hi − 1 of a host batch (support and query; the class indices dropped)."""
+    return TaskBatch(*(v[lo:hi] for v in batch[:4]))
+
+
+def _validate(world: distributed.World, theta: Any, val_part: TaskBatch | None, total: int,
+              cfg: ClassifyConfig, mask: Any, iteration: int) -> float:
+    """Mean query accuracy (%) over the ``total`` validation tasks after T inner steps.
+
+    Each rank adapts to its share of the tasks (``val_part``, its :meth:`World.task_range`;
+    None when the share is empty) and the per-task accuracies of all ranks are gathered
+    exactly, in task order, so that every rank forms the one-process mean of the same array.
+    """
+    if val_part is None:
+        acc = np.zeros(0, dtype=np.float64)
+    else:
+        acc = task_accuracies(theta, val_part, cfg.inner_lr, [cfg.inner_steps],
+                              mask)[cfg.inner_steps]
+    acc = world.allgather_tasks(acc, total, f"the validation of iteration {iteration}")
+    return float(100.0 * np.mean(acc))
+
+
 def train(cfg: ClassifyConfig, out: str, resume: bool = False, progress: bool = True,
           stop_after: int | None = None) -> dict:
     """Meta-train on Omniglot as ``cfg`` says, in the run folder ``out``; return the summary.
@@ -382,78 +410,111 @@ def train(cfg: ClassifyConfig, out: str, resume: bool = False, progress: bool = 
     ``patience`` validations without one training stops. ``params.npz`` is the best
     (the last params when there are no validation alphabets).
 
+    Under ``mpiexec -n P`` (see :mod:`tinymeta.distributed`) every rank draws the same full
+    meta-batch, keeps its B/P tasks and the ranks average their meta-gradients with one
+    Allreduce per step; the validation tasks are split across the ranks and their accuracies
+    gathered exactly, so every rank takes the same early-stopping and best-checkpoint
+    decision. Only rank 0 writes into ``out``. One process: exactly the run it always was.
+
     Args:
         cfg: the settings (for ``resume``: those of ``out/config.json``, with new
             ``iterations`` / ``patience`` allowed).
         out: the run folder.
         resume: continue from ``out/checkpoint.npz``, bit for bit.
-        progress: a progress bar or periodic log lines.
+        progress: a progress bar or periodic log lines (rank 0 only).
         stop_after: stop (with a checkpoint) after this many iterations, as if interrupted.
 
     Returns:
-        The contents of ``result.json``.
+        The contents of ``result.json`` (on ranks other than 0, without the timings, which
+        only rank 0's log holds).
 
     Raises:
         TrainingError: a non-finite meta-gradient (unless ``skip_nonfinite``), or a run
             folder that does not fit.
+        DistributedError: a meta-batch that does not split evenly over the MPI ranks.
     """
-    cfg = cfg.resolved()
-    cfg.validate()
+    world = distributed.world()  # one process, or this rank of an MPI job
+    with distributed.same_on_all_ranks():
+        cfg = cfg.resolved()
+        cfg.validate()
+        world.local_tasks(cfg.meta_batch)  # B divisible by the number of ranks
     if cfg.backend is not None:
         kernels.set_backend(cfg.backend)
-    train_set, val_set, _ = load_splits(cfg)
+    with distributed.same_on_all_ranks():  # every rank reads the same data
+        train_set, val_set, _ = load_splits(cfg)
     os.makedirs(out, exist_ok=True)
+    world.describe_run(out)
     log_path = os.path.join(out, "train.jsonl")
     val_path = os.path.join(out, "val.jsonl")
     if resume:
-        model, opt_state, start, skipped, rng, elapsed = load_checkpoint(out)
-        _truncate_log(log_path, start)
-        _truncate_log(val_path, start)
+        with distributed.same_on_all_ranks():  # the same checkpoint on every rank
+            model, opt_state, start, skipped, rng, elapsed = load_checkpoint(out)
+        if world.is_root:
+            _truncate_log(log_path, start)
+            _truncate_log(val_path, start)
+        # the validations up to the checkpoint (the other ranks may read val.jsonl before
+        # rank 0 has truncated it)
+        val_log = [r for r in _read_jsonl(val_path) if r["iteration"] <= start]
     else:
         if os.path.exists(os.path.join(out, "checkpoint.npz")):
-            raise TrainingError(f"{out} already holds a run; pass --resume to continue it or "
-                                "choose another --out")
+            raise distributed.on_all_ranks(TrainingError(
+                f"{out} already holds a run; pass --resume to continue it or choose another "
+                "--out"))
         model = {"theta": init_params(cfg)}
         opt_state = None
         start, skipped, elapsed = 0, 0, 0.0
         rng = np.random.default_rng(cfg.seed)
-        for p in (log_path, val_path, os.path.join(out, "best.npz")):
-            if os.path.exists(p):
-                os.unlink(p)
-    write_json(os.path.join(out, "config.json"), cfg.to_json())
+        if world.is_root:
+            for p in (log_path, val_path, os.path.join(out, "best.npz")):
+                if os.path.exists(p):
+                    os.unlink(p)
+        val_log = []
+    if world.is_root:  # only rank 0 writes into the run folder
+        write_json(os.path.join(out, "config.json"), cfg.to_json())
     opt = make_optimizer(cfg)
     if opt_state is None:
         opt_state = opt.init(model)
     mask = adapt_mask(cfg, model["theta"])
     step = make_step(cfg, mask)
-    val_batch = None
+    val_batch = None  # this rank's share of the validation tasks (P = 1: all of them)
     if val_set is not None:
         # Reptile's --reptile-query images are the learner's training data, not a test:
         # its validation tasks hold as many query images per class as shots
         vq = cfg.shots if cfg.reptile_query else cfg.query
-        val_batch = to_backend(val_set.sample(cfg.val_tasks, cfg.ways, cfg.shots, vq,
-                                              seed=cfg.val_seed))
-    best, best_it, since = _selection(_read_jsonl(val_path))
+        val_all = val_set.sample(cfg.val_tasks, cfg.ways, cfg.shots, vq, seed=cfg.val_seed)
+        if world.distributed:
+            lo, hi = world.task_range(cfg.val_tasks)
+            val_batch = to_backend(_task_slice(val_all, lo, hi)) if hi > lo else None
+        else:
+            val_batch = to_backend(val_all)
+    best, best_it, since = _selection(val_log)
     end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
-    bar = _Progress(start, cfg.iterations, progress, cfg.log_every)
+    bar = _Progress(start, cfg.iterations, progress and world.is_root, cfg.log_every)
     window: list = []
     step_times: list = []
     t_last = time.perf_counter()
     stopped_early = False
     it = start
     try:
-        with open(log_path, "a") as log, open(val_path, "a") as vlog:
+        with open(log_path if world.is_root else os.devnull, "a") as log, \
+                open(val_path if world.is_root else os.devnull, "a") as vlog:
             for it in range(start + 1, end + 1):
                 t0 = time.perf_counter()
-                batch = to_backend(train_set.sample(cfg.meta_batch, cfg.ways, cfg.shots,
-                                                    cfg.query, rng=rng, augment=cfg.augment))
+                # every rank draws the full batch and keeps its B/P tasks (P = 1: all)
+                batch = to_backend(world.shard(train_set.sample(
+                    cfg.meta_batch, cfg.ways, cfg.shots, cfg.query, rng=rng,
+                    augment=cfg.augment)))
                 with np.errstate(over="ignore", invalid="ignore"):  # checked just below
                     grads, info = step(model["theta"], batch)
+                # P > 1: the mean over ranks (one Allreduce), info with all B tasks' losses;
+                # the finiteness test below then sees the same numbers on every rank
+                grads, info = world.allreduce_mean(grads, info, it,
+                                                   ((model, opt_state), (rng, skipped)))
                 if not tree_is_finite(grads):
                     if not cfg.skip_nonfinite:
-                        raise TrainingError(
+                        raise distributed.on_all_ranks(TrainingError(
                             f"iteration {it}: the meta-gradient is not finite (NaN or Inf); "
-                            "lower the learning rates, or pass --skip-nonfinite")
+                            "lower the learning rates, or pass --skip-nonfinite"))
                     skipped += 1
                 else:
                     model, opt_state = opt.update({"theta": grads}, opt_state, model)
@@ -471,36 +532,43 @@ def train(cfg: ClassifyConfig, out: str, resume: bool = False, progress: bool = 
                         "elapsed_s": round(elapsed, 3)}) + "\n")
                     log.flush()
                     window, step_times = [], []
-                validate_now = val_batch is not None and (it % cfg.eval_every == 0 or
-                                                          it == cfg.iterations)
+                validate_now = val_set is not None and (it % cfg.eval_every == 0 or
+                                                        it == cfg.iterations)
                 if validate_now:
                     t0 = time.perf_counter()
-                    acc = task_accuracies(model["theta"], val_batch, cfg.inner_lr,
-                                          [cfg.inner_steps], mask)[cfg.inner_steps]
-                    accuracy = float(100.0 * np.mean(acc))
+                    accuracy = _validate(world, model["theta"], val_batch, cfg.val_tasks, cfg,
+                                         mask, it)
                     vlog.write(json.dumps({"iteration": it, "accuracy": accuracy,
                                            "val_s": round(time.perf_counter() - t0, 3)})
                                + "\n")
                     vlog.flush()
-                    if accuracy > best:
+                    if accuracy > best:  # the same accuracy, so the same choice, on every rank
                         best, best_it, since = accuracy, it, 0
-                        io.save(os.path.join(out, "best.npz"), model["theta"],
-                                metadata={"iteration": it, "val_accuracy": accuracy})
+                        if world.is_root:
+                            io.save(os.path.join(out, "best.npz"), model["theta"],
+                                    metadata={"iteration": it, "val_accuracy": accuracy})
                     else:
                         since += 1
                     stopped_early = cfg.patience > 0 and since >= cfg.patience
                 if it % cfg.checkpoint_every == 0 or it == end or validate_now:
                     elapsed += time.perf_counter() - t_last
                     t_last = time.perf_counter()
-                    save_checkpoint(out, model, opt_state, it, skipped, rng, elapsed)
+                    if world.is_root:
+                        save_checkpoint(out, model, opt_state, it, skipped, rng, elapsed)
                 if stopped_early:
                     break
     finally:
         bar.close()
     if not (stopped_early or it == cfg.iterations):
         return {"iteration": it, "finished": False}
+    result = {"finished": True, "iteration": it, "stopped_early": stopped_early,
+              "best_iteration": best_it if val_set is not None else it,
+              "best_val_accuracy": best if val_set is not None else None,
+              "skipped": skipped}
+    if not world.is_root:
+        return result
     chosen = model["theta"]
-    if val_batch is not None and best_it > 0:
+    if val_set is not None and best_it > 0:
         chosen = io.load(os.path.join(out, "best.npz"))
     io.save(os.path.join(out, "params.npz"), chosen)
     steps_log = _read_jsonl(log_path)
@@ -508,8 +576,8 @@ def train(cfg: ClassifyConfig, out: str, resume: bool = False, progress: bool = 
                   zip(steps_log, [0] + [r["iteration"] for r in steps_log[:-1]]))
     val_s = sum(r["val_s"] for r in _read_jsonl(val_path))
     result = {"finished": True, "iteration": it, "stopped_early": stopped_early,
-              "best_iteration": best_it if val_batch is not None else it,
-              "best_val_accuracy": best if val_batch is not None else None,
+              "best_iteration": result["best_iteration"],
+              "best_val_accuracy": result["best_val_accuracy"],
               "s_per_iteration": train_s / max(it, 1), "train_s": train_s, "val_s": val_s,
               "wall_s": elapsed, "skipped": skipped}
     write_json(os.path.join(out, "result.json"), result)
@@ -689,29 +757,30 @@ def train_from_args(args: dict) -> str:
     """Run ``tinymeta train --task omniglot`` from the parsed options; return the last line.
 
     Options left unset (None) take the :class:`ClassifyConfig` defaults; on ``--resume``
-    only :data:`RESUMABLE` settings may differ from the run's.
+    only :data:`RESUMABLE` settings may differ from the run's. Under ``mpiexec`` (or with
+    ``--mpi``) every rank runs this and trains its share (:func:`train`); the caller prints
+    the line on rank 0 only.
     """
-    if args.get("mpi"):
-        raise ValueError("--mpi is not available for --task omniglot")
     names = {f.name for f in dataclasses.fields(ClassifyConfig)}
     given = {k: v for k, v in args.items() if k in names and v is not None}
     for k in ("data", "val_alphabets", "test_alphabets"):
         if k in given:
             given[k] = split_names(given[k])
     out = args["out"]
-    if args.get("resume"):
-        cfg = load_config(out)
-        stored = cfg.to_json()
-        for k, v in given.items():
-            new = list(v) if isinstance(v, tuple) else v
-            if k == "data":
-                new = [str(Path(p).resolve()) for p in new]
-            if k not in RESUMABLE and stored[k] != new:
-                raise ValueError(f"--{k.replace('_', '-')} {v} differs from the run's "
-                                 f"{stored[k]}; a resumed run keeps its settings")
-            setattr(cfg, k, v)
-    else:
-        cfg = ClassifyConfig(**given)
+    with distributed.same_on_all_ranks():  # the settings and config.json: alike on every rank
+        if args.get("resume"):
+            cfg = load_config(out)
+            stored = cfg.to_json()
+            for k, v in given.items():
+                new = list(v) if isinstance(v, tuple) else v
+                if k == "data":
+                    new = [str(Path(p).resolve()) for p in new]
+                if k not in RESUMABLE and stored[k] != new:
+                    raise ValueError(f"--{k.replace('_', '-')} {v} differs from the run's "
+                                     f"{stored[k]}; a resumed run keeps its settings")
+                setattr(cfg, k, v)
+        else:
+            cfg = ClassifyConfig(**given)
     result = train(cfg, out, resume=bool(args.get("resume")),
                    progress=not args.get("no_progress"), stop_after=args.get("stop_after"))
     if not result["finished"]:

@@ -112,8 +112,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     a("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     a("--no-progress", action="store_true", help="no progress bar or log lines")
     a("--stop-after", type=_positive_int, default=None, help=argparse.SUPPRESS)
-    a("--mpi", action="store_true", help="data-parallel over MPI ranks (automatic under "
-      "mpiexec); needs the mpi extra")
+    a("--mpi", action="store_true", help="data-parallel over MPI ranks, sinusoid and omniglot "
+      "(automatic under mpiexec); needs the mpi extra")
     a("--mpi-timeout", type=_positive_float, default=None,
       help="seconds a rank may wait in a collective before it aborts the job (60)")
     a("--mpi-check-every", type=_positive_int, default=None,
@@ -166,10 +166,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     world = distributed.init(force=args.mpi, timeout=args.mpi_timeout,
                              check_every=args.mpi_check_every)
     if _classify.wants_omniglot(vars(args)):
-        if world.distributed or args.mpi:  # its loop does not call the distributed hooks
-            raise distributed.on_all_ranks(CLIError(
-                "--task omniglot does not run over MPI yet; run it on one process"))
-        print(_classify.train_from_args(vars(args)))
+        line = _classify.train_from_args(vars(args))  # every rank trains (P = 1: the one)
+        if world.is_root:
+            print(line)
         return 0
     _classify.refuse_omniglot_options(vars(args), args.task or "sinusoid")
     given = _given(args)

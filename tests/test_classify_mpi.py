@@ -1,0 +1,173 @@
+"""Omniglot meta-training data-parallel over MPI (``mpiexec -n 2 tinymeta train --task omniglot``).
+
+On the small synthetic Omniglot set that tests/test_classify.py draws (PNG zips in the
+standard layout), with a tiny float64 model. The two-rank runs start ``mpiexec -n 2`` in a
+subprocess with a hard timeout and are skipped (with the reason) when mpi4py or mpiexec is
+missing, as in tests/test_mpi.py.
+
+What is asserted, against a one-process run of the same command (the reference):
+
+- after k iterations the two-rank parameters (``params.npz``, ``best.npz``) equal the
+  one-process ones to float64 rounding, the validation accuracies in ``val.jsonl`` are the
+  same numbers (5 validation tasks: shares of 2 and 3 tasks), the logged query losses agree
+  to rounding, and the same iteration is chosen;
+- a meta-batch that does not split over the ranks is one clear error, printed once;
+- a two-rank run stopped at a checkpoint and resumed on two ranks ends bit for bit like an
+  uninterrupted two-rank run (params, best.npz, checkpoint, logs).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from test_classify import write_zip  # also skips this module without Pillow
+from test_mpi import CLI, TIMEOUT_S, _env, needs_mpi, run_mpi
+
+from tinymeta import distributed, io
+from tinymeta.tree import tree_leaves
+
+pytestmark = pytest.mark.mpi
+
+# 3-way 1-shot, 2 query images per class, BN MLP 784-8-8-3, float64
+TINY = ["--task", "omniglot", "--ways", "3", "--shots", "1", "--query", "2", "--hidden", "8,8",
+        "--inner-steps", "1", "--val-alphabets", "Beta", "--dtype", "float64",
+        "--backend", "numpy", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def data_zip(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(write_zip(tmp_path_factory.mktemp("omniglot") / "images_background.zip"))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The subprocesses' environment, with the decoded-image cache in a temporary folder."""
+    return _env(TINYMETA_CACHE=str(tmp_path_factory.mktemp("cache")))
+
+
+def train_args(data_zip: str, out: Path, *extra: str) -> list[str]:
+    return ["-c", CLI, "train", *TINY, "--data", data_zip, *extra, "--out", str(out)]
+
+
+def run_one(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """The same command on one process (no launcher in the environment)."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          timeout=TIMEOUT_S, env=env)
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def assert_trees_close(a, b, rtol: float) -> None:
+    la, lb = tree_leaves(a), tree_leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-14)
+
+
+def assert_trees_equal(a, b) -> None:
+    la, lb = tree_leaves(a), tree_leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_task_range_splits_in_order_with_shares_one_apart():
+    for n in (0, 1, 4, 5, 200):
+        for P in (1, 2, 3, 7):
+            shares = [distributed.World.task_range(SimpleNamespace(rank=r, size=P), n)
+                      for r in range(P)]
+            assert shares[0][0] == 0 and shares[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(shares, shares[1:]))
+            sizes = [hi - lo for lo, hi in shares]
+            assert max(sizes) - min(sizes) <= 1, (n, P, shares)
+
+
+def test_one_process_gather_is_the_identity():
+    w = distributed.World()
+    acc = np.array([0.5, 1.0, 0.25])
+    assert w.task_range(3) == (0, 3)
+    assert w.allgather_tasks(acc, 3) is acc
+
+
+@needs_mpi
+@pytest.mark.parametrize("algo, extra", [("maml", []), ("reptile", ["--compile"])],
+                         ids=["maml", "reptile-compiled"])
+def test_two_ranks_train_the_one_process_model(data_zip, env, tmp_path, algo, extra):
+    common = ["--algo", algo, "--meta-batch", "4", "--iterations", "6", "--eval-every", "2",
+              "--val-tasks", "5", "--log-every", "2", "--checkpoint-every", "3",
+              "--patience", "0", "--mpi-check-every", "1", *extra]
+    one, two = tmp_path / "one", tmp_path / "two"
+    p1 = run_one(train_args(data_zip, one, *common), env)
+    assert p1.returncode == 0, p1.stderr
+    p2 = run_mpi(2, *train_args(data_zip, two, *common), env=env)
+    assert p2.returncode == 0, p2.stdout + p2.stderr
+    assert p2.stdout.count("trained") == 1, p2.stdout  # the result line, printed by rank 0
+    for name in ("params.npz", "best.npz"):
+        assert_trees_close(io.load(two / name), io.load(one / name), rtol=1e-10)
+    assert_trees_close(io.load(two / "checkpoint.npz")["opt_state"],
+                       io.load(one / "checkpoint.npz")["opt_state"], rtol=1e-10)
+    v1, v2 = jsonl(one / "val.jsonl"), jsonl(two / "val.jsonl")
+    assert [r["iteration"] for r in v2] == [2, 4, 6]
+    assert [r["accuracy"] for r in v2] == [r["accuracy"] for r in v1]
+    t1, t2 = jsonl(one / "train.jsonl"), jsonl(two / "train.jsonl")
+    assert [r["iteration"] for r in t2] == [r["iteration"] for r in t1] == [2, 4, 6]
+    for a, b in zip(t2, t1):  # the log holds the losses of all B tasks, as on one process
+        assert a["query_loss"] == pytest.approx(b["query_loss"], rel=1e-12)
+        assert a["support_loss"] == pytest.approx(b["support_loss"], rel=1e-12)
+    r1 = json.loads((one / "result.json").read_text())
+    r2 = json.loads((two / "result.json").read_text())
+    assert r2["best_iteration"] == r1["best_iteration"]
+    assert r2["best_val_accuracy"] == r1["best_val_accuracy"]
+    assert json.loads((two / "config.json").read_text()) == \
+        json.loads((one / "config.json").read_text())
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+@needs_mpi
+def test_a_meta_batch_that_does_not_split_is_one_clear_error(data_zip, env, tmp_path):
+    out = tmp_path / "run"
+    p = run_mpi(2, *train_args(data_zip, out, "--meta-batch", "3", "--iterations", "2"),
+                env=env)
+    assert p.returncode == 1
+    assert p.stderr.count("--meta-batch 3 does not split evenly over 2 MPI ranks") == 1, \
+        p.stderr
+    assert "Abort" not in p.stderr  # every rank fails alike: printed once, no abort
+    assert not (out / "checkpoint.npz").exists()
+
+
+@needs_mpi
+def test_two_rank_resume_is_bit_for_bit(data_zip, env, tmp_path):
+    common = ["--meta-batch", "4", "--iterations", "8", "--eval-every", "2", "--val-tasks", "5",
+              "--log-every", "1", "--checkpoint-every", "3", "--patience", "0", "--augment"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    p = run_mpi(2, *train_args(data_zip, full, *common), env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = run_mpi(2, *train_args(data_zip, part, *common, "--stop-after", "5"), env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "continue with --resume" in p.stdout
+    assert int(io.load(part / "checkpoint.npz")["iteration"]) == 5
+    assert not (part / "params.npz").exists()
+    p = run_mpi(2, "-c", CLI, "train", "--resume", "--no-progress", "--out", str(part), env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    for name in ("params.npz", "best.npz"):
+        assert_trees_equal(io.load(part / name), io.load(full / name))
+    ck_full, ck_part = io.load(full / "checkpoint.npz"), io.load(part / "checkpoint.npz")
+    assert ck_full["iteration"] == ck_part["iteration"] == 8
+    assert_trees_equal(ck_part["model"], ck_full["model"])
+    assert_trees_equal(ck_part["opt_state"], ck_full["opt_state"])
+    assert [r["accuracy"] for r in jsonl(part / "val.jsonl")] == \
+        [r["accuracy"] for r in jsonl(full / "val.jsonl")]
+
+    def losses(run: Path) -> list:
+        return [(r["iteration"], r["query_loss"], r["support_loss"])
+                for r in jsonl(run / "train.jsonl")]
+
+    assert losses(part) == losses(full)
