@@ -13,21 +13,25 @@ What is asserted, against a one-process run of the same command (the reference):
   to rounding, and the same iteration is chosen;
 - a meta-batch that does not split over the ranks is one clear error, printed once;
 - a two-rank run stopped at a checkpoint and resumed on two ranks ends bit for bit like an
-  uninterrupted two-rank run (params, best.npz, checkpoint, logs).
+  uninterrupted two-rank run (params, best.npz, checkpoint, logs), and so does one whose
+  rank 1 was SIGKILLed mid-run (the job ends within seconds, never hangs).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from test_classify import write_zip  # also skips this module without Pillow
-from test_mpi import CLI, TIMEOUT_S, _env, needs_mpi, run_mpi
+from test_mpi import CLI, TIMEOUT_S, _env, _mpi_cmd, _wait_for_checkpoint, needs_mpi, run_mpi
 
 from tinymeta import distributed, io
 from tinymeta.tree import tree_leaves
@@ -171,3 +175,46 @@ def test_two_rank_resume_is_bit_for_bit(data_zip, env, tmp_path):
                 for r in jsonl(run / "train.jsonl")]
 
     assert losses(part) == losses(full)
+
+
+@needs_mpi
+def test_kill_one_rank_then_resume_bit_for_bit(data_zip, env, tmp_path):
+    common = ["--meta-batch", "4", "--iterations", "300", "--eval-every", "25",
+              "--val-tasks", "5", "--checkpoint-every", "10", "--patience", "0", "--augment"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    p = run_mpi(2, *train_args(data_zip, full, *common), env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+    piddir = tmp_path / "pids"
+    piddir.mkdir()
+    proc = subprocess.Popen(_mpi_cmd(2, *train_args(data_zip, part, *common)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**env, "TM_PIDDIR": str(piddir)})
+    try:
+        _wait_for_checkpoint(part, 40, proc)
+        os.kill(int((piddir / "rank1.pid").read_text()), signal.SIGKILL)
+        t0 = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+        took = time.monotonic() - t0
+        text = stdout + stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    assert took < 10, f"the job took {took:.1f} s to stop after a rank was killed"
+    # mpiexec names the lost rank, or the survivor's Allreduce fails first and aborts
+    assert "signal 9" in text or "killed" in text.lower() or "Abort" in text, text
+    stopped_at = int(io.load(part / "checkpoint.npz")["iteration"])
+    assert 40 <= stopped_at < 300, "the rank was not killed mid-run"
+    assert not (part / "params.npz").exists()
+
+    p = run_mpi(2, "-c", CLI, "train", "--resume", "--no-progress", "--out", str(part), env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    for name in ("params.npz", "best.npz"):
+        assert_trees_equal(io.load(part / name), io.load(full / name))
+    assert_trees_equal(io.load(part / "checkpoint.npz")["opt_state"],
+                       io.load(full / "checkpoint.npz")["opt_state"])
+    v_full, v_part = jsonl(full / "val.jsonl"), jsonl(part / "val.jsonl")
+    assert [r["iteration"] for r in v_part] == list(range(25, 301, 25))
+    assert [r["accuracy"] for r in v_part] == [r["accuracy"] for r in v_full]
