@@ -4,6 +4,7 @@ checks on the real background splits when they are present."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -266,6 +267,17 @@ def test_cli_train_eval(data_zip, tmp_path, capsys):
     assert all(r[1].endswith("%") and r[2].endswith("%") for r in rows)
     report = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert report["accuracy"]["1"]["tasks"] == 30
+    params = (tmp_path / "run" / "params.npz").read_bytes()
+    assert report["params_sha256"] == hashlib.sha256(params).hexdigest()
+    # the step count for the runs is chosen on the validation alphabets, never on the test's
+    with pytest.raises(ValueError, match="not the run's validation alphabets"):
+        classify.validation_steps(out)
+    assert main(["eval", out, "--tasks", "30", "--alphabets", "Beta", "--steps", "0,1,2"]) == 0
+    capsys.readouterr()
+    acc = json.loads((tmp_path / "run" / "eval.json").read_text())["accuracy"]
+    top = max(a["mean"] for a in acc.values())
+    assert classify.validation_steps(out)[0] == min(int(t) for t, a in acc.items()
+                                                    if a["mean"] == top)
 
 
 def test_cli_refuses_omniglot_options_elsewhere(tmp_path, capsys):

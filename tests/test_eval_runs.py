@@ -3,6 +3,8 @@ baseline (tinymeta.classify.eval_runs), on hand-written runs and on the real ten
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -67,11 +69,12 @@ def make_model(folder: Path, ways: int = 20, bn_adapt: bool = False, seed: int =
     return str(folder)
 
 
-def reference_errors(model: str, runs_dir: Path) -> dict:
+def reference_errors(model: str, runs_dir: Path, steps: int | None = None) -> dict:
     """Per-run error of the model by a hand-written loop: plain gradient steps on the 20
     training images (BN over them; held-out leaves untouched), then one pass over the 20
     test items with their own statistics."""
     cfg, theta = classify.load_model(model)
+    steps = cfg.inner_steps if steps is None else steps
     out = {}
     for run in load_runs(runs_dir):
         train, test = run.preprocessed(center=True)
@@ -82,7 +85,7 @@ def reference_errors(model: str, runs_dir: Path) -> dict:
         def support_sum(p, sx=sx, sy=sy):
             return tm.sum(classify.loss_fn(p, sx, sy))
 
-        for _ in range(cfg.inner_steps):
+        for _ in range(steps):
             g = tm.grad(support_sum)(params)
             params = [{k: (v - cfg.inner_lr * g[i][k]
                            if k in ("W", "b") or cfg.bn_adapt else v)
@@ -140,3 +143,55 @@ def test_real_runs_baseline_beside_a_model(tmp_path, capsys):
     mhd = [float(re.search(r"mhd (\d+\.\d)%", line).group(1)) for line in lines[:10]]
     assert mhd == [45, 35, 40, 25, 30, 15, 60, 35, 40, 55]
     assert lines[-1].endswith("(mhd 38.0%)")
+
+
+# ---- --steps val: the step count validation chooses ----------------------------------------
+
+
+def write_val_report(model: str, means: dict[int, float], alphabets=None, sha=None) -> None:
+    """An eval.json by hand: the accuracy per step count on the run's validation alphabets,
+    and the SHA-256 of its params.npz (hashlib over the file's bytes)."""
+    cfg = classify.load_config(model)
+    digest = hashlib.sha256(Path(model, "params.npz").read_bytes()).hexdigest()
+    report = {"accuracy": {str(t): {"mean": m, "ci95": 1.0, "tasks": 600}
+                           for t, m in means.items()},
+              "alphabets": list(cfg.val_alphabets if alphabets is None else alphabets),
+              "tasks": 600, "eval_seed": 1000, "ways": 20,
+              "params_sha256": digest if sha is None else sha}
+    Path(model, "eval.json").write_text(json.dumps(report))
+
+
+def test_steps_val_adapts_with_the_validation_argmax(tmp_path, runs_dir, capsys):
+    model = make_model(tmp_path / "m")
+    # 2 and 4 tie at the top: the fewer steps win; 1 and 6 are lower
+    write_val_report(model, {1: 60.0, 2: 72.5, 4: 72.5, 6: 71.0})
+    result = classify.eval_runs(str(runs_dir), model, steps="val")
+    assert result["steps"] == 2
+    assert result["model"] == pytest.approx(reference_errors(model, runs_dir, steps=2))
+    assert result["steps_chosen_on"]["accuracy"] == 72.5
+    assert main(["eval-runs", "--runs", str(runs_dir), "--model", model, "--steps", "val"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == 3 and all(LINE.match(line) for line in lines[:2]), lines
+    assert "2 adaptation steps, chosen among 1,2,4,6 on 600 validation tasks" in err
+
+
+def test_steps_val_refuses_what_is_not_this_models_validation(tmp_path, runs_dir, capsys):
+    model = make_model(tmp_path / "m")
+    with pytest.raises(ValueError, match="eval.json does not exist"):
+        classify.eval_runs(str(runs_dir), model, steps="val")
+    write_val_report(model, {1: 60.0, 2: 70.0}, alphabets=["Early_Aramaic"])
+    with pytest.raises(ValueError, match="not the run's validation alphabets"):
+        classify.eval_runs(str(runs_dir), model, steps="val")
+    write_val_report(model, {1: 60.0, 2: 70.0}, sha="0" * 64)
+    with pytest.raises(ValueError, match="made for other params"):
+        classify.eval_runs(str(runs_dir), model, steps="val")
+    write_val_report(model, {1: 60.0, 2: 70.0})
+    io.save(Path(model, "params.npz"), classify.init_params(classify.load_config(model)))
+    assert main(["eval-runs", "--runs", str(runs_dir), "--model", model, "--steps", "val"]) == 1
+    err = capsys.readouterr().err
+    assert "made for other params" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as e:
+        main(["eval-runs", "--runs", str(runs_dir), "--model", model, "--steps", "x"])
+    assert e.value.code == 2
+    assert "expected an integer >= 0 or 'val'; got 'x'" in capsys.readouterr().err

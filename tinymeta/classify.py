@@ -31,6 +31,7 @@ folder. On one process nothing of this runs and the results are what they always
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -587,18 +588,32 @@ def train(cfg: ClassifyConfig, out: str, resume: bool = False, progress: bool = 
 # ---- evaluation -------------------------------------------------------------------------
 
 
+def _params_path(out: str) -> str:
+    """The file :func:`load_model` reads: ``params.npz``, else ``best.npz``, else the
+    checkpoint."""
+    for name in ("params.npz", "best.npz", "checkpoint.npz"):
+        path = os.path.join(out, name)
+        if os.path.exists(path):
+            return path
+    raise TrainingError(f"{out} holds no trained params (no params.npz)")
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def load_model(out: str) -> tuple[ClassifyConfig, Any]:
     """(config, θ): the chosen ``params.npz`` (else ``best.npz``, else the checkpoint's)."""
     cfg = load_config(out).resolved()
-    for name in ("params.npz", "best.npz"):
-        path = os.path.join(out, name)
-        if os.path.exists(path):
-            theta = io.load(path)
-            break
-    else:
-        if not os.path.exists(os.path.join(out, "checkpoint.npz")):
-            raise TrainingError(f"{out} holds no trained params (no params.npz)")
+    path = _params_path(out)
+    if os.path.basename(path) == "checkpoint.npz":
         theta = load_checkpoint(out)[0]["theta"]
+    else:
+        theta = io.load(path)
     return cfg, tree_map(kernels.get_backend().asarray, theta)
 
 
@@ -638,9 +653,42 @@ def evaluate(out: str, tasks: int = 600, steps: Sequence[int] | None = None,
     report = {"accuracy": {str(t): accuracy_summary(a) for t, a in accs.items()},
               "algo": cfg.algo, "ways": cfg.ways, "shots": K, "query": Q, "tasks": int(tasks),
               "eval_seed": int(eval_seed), "alphabets": list(names), "alphabets_role": role,
-              "inner_lr": lr, "train_steps": cfg.inner_steps}
+              "inner_lr": lr, "train_steps": cfg.inner_steps,
+              "params_sha256": _file_sha256(_params_path(out))}
     write_json(os.path.join(out, "eval.json"), report)
     return report
+
+
+def validation_steps(out: str) -> tuple[int, dict]:
+    """The test-time step count that validation chooses: argmax_t acc_val(t), ties to fewer.
+
+    acc_val(t) is the mean query accuracy after t adaptation steps in ``out/eval.json``,
+    which must be a :func:`evaluate` of the validation alphabets (never of test alphabets:
+    a choice made on test tasks would make their score optimistic) of the params that
+    :func:`load_model` reads now (their SHA-256 is in the report). Returns (t, the report).
+
+    Raises:
+        ValueError: no ``eval.json``, one of other alphabets than the validation ones, or
+            one made for other params (retrained or resumed since): run ``tinymeta eval``.
+    """
+    path = os.path.join(out, "eval.json")
+    again = (f"run `tinymeta eval {out} --steps 5,10,20,40` (the validation alphabets are "
+             "its default when the run holds out no test alphabets) first")
+    if not os.path.exists(path):
+        raise ValueError(f"--steps val: {path} does not exist; {again}")
+    with open(path) as f:
+        report = json.load(f)
+    cfg = load_config(out)
+    if not cfg.val_alphabets or list(report.get("alphabets", [])) != list(cfg.val_alphabets):
+        raise ValueError(f"--steps val: {path} evaluates alphabets {report.get('alphabets')}, "
+                         f"not the run's validation alphabets {list(cfg.val_alphabets)}; "
+                         f"{again}")
+    if report.get("params_sha256") != _file_sha256(_params_path(out)):
+        raise ValueError(f"--steps val: {path} was made for other params than "
+                         f"{_params_path(out)} holds now; {again}")
+    acc = report["accuracy"]
+    best = max(acc, key=lambda t: (acc[t]["mean"], -int(t)))
+    return int(best), report
 
 
 def format_eval(report: dict) -> str:
@@ -687,11 +735,15 @@ def run_predictor(cfg: ClassifyConfig, theta: Any, steps: int | None = None) -> 
 
 
 def eval_runs(runs: str, model: str | None = None, baseline: bool = True,
-              steps: int | None = None) -> dict:
+              steps: int | str | None = None) -> dict:
     """Score a model and/or the MHD baseline on Lake et al.'s 20-way one-shot runs.
 
+    ``steps``: the adaptation steps (default the training T), or ``"val"`` for the count
+    :func:`validation_steps` chooses from the model's ``eval.json``.
+
     Returns:
-        {"model": {run: error %} or None, "mhd": {run: error %} or None, "steps": T}.
+        {"model": {run: error %} or None, "mhd": {run: error %} or None, "steps": T,
+        and with ``"val"``: "steps_chosen_on": the validation accuracy of that T}.
     """
     parsed = load_runs(runs)
     result: dict = {"model": None, "mhd": None, "steps": None}
@@ -700,6 +752,15 @@ def eval_runs(runs: str, model: str | None = None, baseline: bool = True,
         if cfg.ways != 20:
             raise ValueError(f"the one-shot runs are 20-way; the model in {model} is "
                              f"{cfg.ways}-way (train with --ways 20)")
+        if steps == "val":
+            steps, report = validation_steps(model)
+            result["steps_chosen_on"] = {
+                "alphabets": report["alphabets"], "tasks": report["tasks"],
+                "eval_seed": report["eval_seed"],
+                "accuracy": report["accuracy"][str(steps)]["mean"],
+                "candidates": sorted(int(t) for t in report["accuracy"])}
+        elif isinstance(steps, str):
+            raise ValueError(f"eval_runs: steps must be an int or 'val', not {steps!r}")
         predict = run_predictor(cfg, theta, steps)
         scores = score_runs_with(predict, parsed, preprocessed=True, center=cfg.center)
         result["model"] = scores.errors

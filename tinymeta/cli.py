@@ -262,9 +262,21 @@ def add_eval_runs(sub: argparse._SubParsersAction) -> None:
     a("--model", default=None, metavar="RUNDIR", help="a 20-way omniglot run folder")
     a("--baseline", choices=("mhd",), default=None,
       help="mhd: score the Modified Hausdorff baseline (alone when no --model)")
-    a("--steps", type=_nonneg_int, default=None, help="adaptation steps (the training T)")
+    a("--steps", type=_steps_or_val, default=None, metavar="T|val",
+      help="adaptation steps (the training T); val: the count with the best accuracy in the "
+      "model's eval.json of its validation alphabets (ties to fewer steps)")
     a("--backend", choices=("numpy", "numba", "cupy"), default=None, help="array backend")
     p.set_defaults(func=cmd_eval_runs)
+
+
+def _steps_or_val(text: str) -> int | str:
+    if text == "val":
+        return text
+    try:
+        return _nonneg_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'val'; got {text!r}") \
+            from None
 
 
 def cmd_eval_runs(args: argparse.Namespace) -> int:
@@ -277,7 +289,14 @@ def cmd_eval_runs(args: argparse.Namespace) -> int:
         from . import kernels
 
         kernels.set_backend(args.backend)
-    print(_classify.format_runs(_classify.eval_runs(runs, model=args.model, steps=args.steps)))
+    result = _classify.eval_runs(runs, model=args.model, steps=args.steps)
+    chosen = result.get("steps_chosen_on")
+    if chosen is not None:  # stderr: stdout is the runs' lines and the mean
+        print(f"eval-runs: {result['steps']} adaptation steps, chosen among "
+              f"{','.join(map(str, chosen['candidates']))} on {chosen['tasks']} validation "
+              f"tasks of {', '.join(chosen['alphabets'])} ({chosen['accuracy']:.2f}%)",
+              file=sys.stderr)
+    print(_classify.format_runs(result))
     return 0
 
 
