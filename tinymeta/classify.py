@@ -672,8 +672,8 @@ def validation_steps(out: str) -> tuple[int, dict]:
             one made for other params (retrained or resumed since): run ``tinymeta eval``.
     """
     path = os.path.join(out, "eval.json")
-    again = (f"run `tinymeta eval {out} --steps 5,10,20,40` (the validation alphabets are "
-             "its default when the run holds out no test alphabets) first")
+    again = (f"run `tinymeta eval {out} --tasks 600 --steps 5,10,20,40,80,160` first (the "
+             "validation alphabets are its default when the run holds out no test alphabets)")
     if not os.path.exists(path):
         raise ValueError(f"--steps val: {path} does not exist; {again}")
     with open(path) as f:
