@@ -101,6 +101,45 @@ def test_one_process_gather_is_the_identity():
     assert w.allgather_tasks(acc, 3) is acc
 
 
+GATHER = """
+import numpy as np
+from tinymeta import distributed
+w = distributed.init(force=True)
+for n in (1, 2, 5, 7):
+    lo, hi = w.task_range(n)
+    got = w.allgather_tasks(1.5 * np.arange(lo, hi) - 0.25, n)
+    assert got.tolist() == (1.5 * np.arange(n) - 0.25).tolist(), (w.rank, n, got)
+print("gathered", w.rank)
+"""
+
+
+@needs_mpi
+def test_two_rank_gather_puts_every_value_at_its_task(env):
+    p = run_mpi(2, "-c", GATHER, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("gathered") == 2, p.stdout  # both ranks got there
+
+
+@needs_mpi
+def test_two_ranks_stop_early_together_with_an_empty_share(data_zip, env, tmp_path):
+    """One validation task on two ranks (rank 0's share is empty), early stopping on."""
+    common = ["--meta-batch", "4", "--iterations", "40", "--eval-every", "1", "--val-tasks",
+              "1", "--patience", "2", "--log-every", "1", "--inner-lr", "0.01"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    p1 = run_one(train_args(data_zip, one, *common), env)
+    assert p1.returncode == 0, p1.stderr
+    p2 = run_mpi(2, *train_args(data_zip, two, *common), env=env)
+    assert p2.returncode == 0, p2.stdout + p2.stderr
+    r1 = json.loads((one / "result.json").read_text())
+    r2 = json.loads((two / "result.json").read_text())
+    assert r1["stopped_early"] and r1["iteration"] < 40, r1  # the test exercises the stop
+    for k in ("stopped_early", "iteration", "best_iteration", "best_val_accuracy"):
+        assert r2[k] == r1[k], (k, r1, r2)
+    assert [r["accuracy"] for r in jsonl(two / "val.jsonl")] == \
+        [r["accuracy"] for r in jsonl(one / "val.jsonl")]
+    assert_trees_close(io.load(two / "params.npz"), io.load(one / "params.npz"), rtol=1e-10)
+
+
 @needs_mpi
 @pytest.mark.parametrize("algo, extra", [("maml", []), ("reptile", ["--compile"])],
                          ids=["maml", "reptile-compiled"])
@@ -144,6 +183,37 @@ def test_a_meta_batch_that_does_not_split_is_one_clear_error(data_zip, env, tmp_
     assert p.stderr.count("--meta-batch 3 does not split evenly over 2 MPI ranks") == 1, \
         p.stderr
     assert "Abort" not in p.stderr  # every rank fails alike: printed once, no abort
+    assert not (out / "checkpoint.npz").exists()
+
+
+# rank 1 alone cannot read the data (as when the path is missing on one host)
+ONE_RANK_FAILS = """
+import sys
+from tinymeta import classify, distributed
+from tinymeta.cli import main
+real = classify.load_splits
+def load_splits(cfg):
+    if distributed.launcher_env()[0] == 1:
+        raise FileNotFoundError("images_background.zip is not on this host (rank 1 only)")
+    return real(cfg)
+classify.load_splits = load_splits
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@needs_mpi
+def test_an_error_on_one_rank_only_is_printed_and_ends_the_job(data_zip, env, tmp_path):
+    out = tmp_path / "run"
+    args = train_args(data_zip, out, "--meta-batch", "4", "--iterations", "2")
+    args[1] = ONE_RANK_FAILS
+    t0 = time.perf_counter()
+    p = run_mpi(2, *args, env=env)
+    took = time.perf_counter() - t0
+    assert p.returncode != 0
+    assert took < 15, f"the job took {took:.1f} s to stop"  # not the 120 s start-up timeout
+    assert "images_background.zip is not on this host (rank 1 only)" in p.stderr, p.stderr
+    assert "[rank 1 of 2; aborting the job]" in p.stderr, p.stderr
+    assert "lost or hung" not in p.stderr, p.stderr
     assert not (out / "checkpoint.npz").exists()
 
 

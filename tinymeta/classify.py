@@ -435,20 +435,20 @@ def train(cfg: ClassifyConfig, out: str, resume: bool = False, progress: bool = 
         DistributedError: a meta-batch that does not split evenly over the MPI ranks.
     """
     world = distributed.world()  # one process, or this rank of an MPI job
-    with distributed.same_on_all_ranks():
+    with distributed.same_on_all_ranks("checking the settings"):
         cfg = cfg.resolved()
         cfg.validate()
         world.local_tasks(cfg.meta_batch)  # B divisible by the number of ranks
     if cfg.backend is not None:
         kernels.set_backend(cfg.backend)
-    with distributed.same_on_all_ranks():  # every rank reads the same data
+    with distributed.same_on_all_ranks("reading the data"):  # the same files on every rank
         train_set, val_set, _ = load_splits(cfg)
     os.makedirs(out, exist_ok=True)
     world.describe_run(out)
     log_path = os.path.join(out, "train.jsonl")
     val_path = os.path.join(out, "val.jsonl")
     if resume:
-        with distributed.same_on_all_ranks():  # the same checkpoint on every rank
+        with distributed.same_on_all_ranks("reading the checkpoint"):  # the same on every rank
             model, opt_state, start, skipped, rng, elapsed = load_checkpoint(out)
         if world.is_root:
             _truncate_log(log_path, start)
@@ -828,7 +828,7 @@ def train_from_args(args: dict) -> str:
         if k in given:
             given[k] = split_names(given[k])
     out = args["out"]
-    with distributed.same_on_all_ranks():  # the settings and config.json: alike on every rank
+    with distributed.same_on_all_ranks("reading the settings"):  # and config.json
         if args.get("resume"):
             cfg = load_config(out)
             stored = cfg.to_json()

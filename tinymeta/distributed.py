@@ -110,17 +110,36 @@ def on_all_ranks(exc: BaseException) -> BaseException:
 
 
 @contextlib.contextmanager
-def same_on_all_ranks() -> Iterator[None]:
-    """Mark any exception raised in the block as one that every rank raises alike.
+def same_on_all_ranks(what: str = "the run's set-up") -> Iterator[None]:
+    """Mark an exception raised in the block as one that every rank raises alike, if it is.
 
-    For code whose outcome depends only on what every rank shares (the settings, the run
-    folder's files, the averaged meta-gradient).
+    For code whose outcome should depend only on what every rank shares (the settings, the
+    run folder's files, the data). On one process the mark is all it does. Under MPI the
+    ranks then say with one Allgather whether each raised: an exception that every rank
+    raised is marked (printed once, by rank 0, no abort); one that only some ranks raised
+    (the data missing on one host) stays the raising rank's own, printed at once with its
+    rank before the job aborts, and the ranks that did not raise stop with a
+    :class:`DistributedError` that names those that did, instead of waiting for them in
+    the next collective.
     """
+    w = _WORLD
+    many = w is not None and w.size > 1
     try:
         yield
     except Exception as e:
-        on_all_ranks(e)
+        if not many or all(w.allgather_int(1, f"the check of {what}")):
+            on_all_ranks(e)
+        else:
+            e.report_now = True  # type: ignore[attr-defined]
         raise
+    if many:
+        failed = [r for r, f in enumerate(w.allgather_int(0, f"the check of {what}")) if f]
+        if failed:
+            err = DistributedError(
+                f"{what} failed on rank{'s' if len(failed) > 1 else ''} "
+                f"{', '.join(map(str, failed))} only (its own message says why)")
+            err.wait_for_others = True  # type: ignore[attr-defined]
+            raise err
 
 
 def launcher_env() -> tuple[int | None, int | None, str | None]:
@@ -538,7 +557,10 @@ def report_error(message: str, exc: BaseException | None = None) -> None:
         if w.is_root:
             print(message, file=sys.stderr, flush=True)
         return
-    if not w.is_root:
+    if getattr(exc, "wait_for_others", False):
+        # another rank met the error itself: let it print its message and abort first
+        time.sleep(2 * _GRACE_S)
+    elif not w.is_root and not getattr(exc, "report_now", False):
         # an error that every rank meets alike: let rank 0 print it and abort first
         time.sleep(_GRACE_S)
     print(f"{message} [rank {w.rank} of {w.size}; aborting the job]", file=sys.stderr,

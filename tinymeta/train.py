@@ -326,7 +326,7 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = Tru
     """
     world = distributed.world()  # one process, or this rank of an MPI job
     cfg = cfg.resolved()
-    with distributed.same_on_all_ranks():
+    with distributed.same_on_all_ranks("checking the settings"):
         cfg.validate()
         world.local_tasks(cfg.meta_batch)  # B divisible by the number of ranks
     if cfg.backend is not None:
