@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -270,14 +271,49 @@ def test_cli_train_eval(data_zip, tmp_path, capsys):
     params = (tmp_path / "run" / "params.npz").read_bytes()
     assert report["params_sha256"] == hashlib.sha256(params).hexdigest()
     # the step count for the runs is chosen on the validation alphabets, never on the test's
-    with pytest.raises(ValueError, match="not the run's validation alphabets"):
+    with pytest.raises(ValueError, match="not the runs' setting on the validation alphabets"):
         classify.validation_steps(out)
     assert main(["eval", out, "--tasks", "30", "--alphabets", "Beta", "--steps", "0,1,2"]) == 0
+    with pytest.raises(ValueError, match=r"'query': 2.*--alphabets Beta --query 1` first"):
+        classify.validation_steps(out)  # 2 query images per class: not the runs' setting
+    assert main(["eval", out, "--tasks", "30", "--alphabets", "Beta", "--steps", "0,1,2",
+                 "--query", "1"]) == 0
     capsys.readouterr()
     acc = json.loads((tmp_path / "run" / "eval.json").read_text())["accuracy"]
     top = max(a["mean"] for a in acc.values())
     assert classify.validation_steps(out)[0] == min(int(t) for t, a in acc.items()
                                                     if a["mean"] == top)
+
+
+def test_evaluate_refuses_params_rewritten_while_it_ran(data_zip, tmp_path, monkeypatch):
+    out = str(tmp_path / "run")
+    classify.train(tiny(data_zip, iterations=2), out, progress=False)
+    real = classify.task_accuracies
+
+    def and_rewrite(theta, *args, **kw):  # as a run still training would
+        acc = real(theta, *args, **kw)
+        io.save(os.path.join(out, "params.npz"), tm.tree_map(lambda p: p + 1.0, theta))
+        return acc
+
+    monkeypatch.setattr(classify, "task_accuracies", and_rewrite)
+    with pytest.raises(TrainingError, match="changed while it was evaluated"):
+        classify.evaluate(out, tasks=3, steps=[1])
+    assert not os.path.exists(os.path.join(out, "eval.json"))
+
+
+def test_a_best_npz_of_another_iteration_is_refused(data_zip, tmp_path):
+    """best.npz written after the checkpoint (a crash between the two), then a resume whose
+    validations do not rewrite it: its params are not those validation chose."""
+    out = str(tmp_path / "run")
+    result = classify.train(tiny(data_zip, iterations=4, patience=0), out, progress=False)
+    best = os.path.join(out, "best.npz")
+    theta, meta_best = io.load(best, with_metadata=True)
+    assert meta_best["iteration"] == result["best_iteration"]
+    io.save(best, theta, metadata={**meta_best, "iteration": 3})
+    with pytest.raises(TrainingError, match="best.npz holds the params of iteration 3, but "
+                       f"validation chose iteration {result['best_iteration']}"):
+        classify.train(tiny(data_zip, iterations=4, patience=0), out, resume=True,
+                       progress=False)
 
 
 def test_cli_refuses_omniglot_options_elsewhere(tmp_path, capsys):

@@ -148,16 +148,21 @@ def test_real_runs_baseline_beside_a_model(tmp_path, capsys):
 # ---- --steps val: the step count validation chooses ----------------------------------------
 
 
-def write_val_report(model: str, means: dict[int, float], alphabets=None, sha=None) -> None:
-    """An eval.json by hand: the accuracy per step count on the run's validation alphabets,
-    and the SHA-256 of its params.npz (hashlib over the file's bytes)."""
+def write_val_report(model: str, means: dict[int, float], alphabets=None, sha=None,
+                     **setting) -> None:
+    """An eval.json by hand: the accuracy per step count on the run's validation alphabets
+    in the runs' setting (1 shot, 1 query image per class, the training α; ``setting``
+    overrides), and the SHA-256 of its params.npz (hashlib over the file's bytes)."""
     cfg = classify.load_config(model)
     digest = hashlib.sha256(Path(model, "params.npz").read_bytes()).hexdigest()
     report = {"accuracy": {str(t): {"mean": m, "ci95": 1.0, "tasks": 600}
                            for t, m in means.items()},
               "alphabets": list(cfg.val_alphabets if alphabets is None else alphabets),
-              "tasks": 600, "eval_seed": 1000, "ways": 20,
-              "params_sha256": digest if sha is None else sha}
+              "tasks": 600, "eval_seed": 1000, "ways": 20, "shots": 1, "query": 1,
+              "inner_lr": cfg.inner_lr, "params_sha256": digest if sha is None else sha}
+    report.update(setting)
+    if sha == "absent":
+        del report["params_sha256"]
     Path(model, "eval.json").write_text(json.dumps(report))
 
 
@@ -181,11 +186,23 @@ def test_steps_val_refuses_what_is_not_this_models_validation(tmp_path, runs_dir
     with pytest.raises(ValueError, match="eval.json does not exist"):
         classify.eval_runs(str(runs_dir), model, steps="val")
     write_val_report(model, {1: 60.0, 2: 70.0}, alphabets=["Early_Aramaic"])
-    with pytest.raises(ValueError, match="not the run's validation alphabets"):
+    with pytest.raises(ValueError, match="not the runs' setting on the validation alphabets"):
         classify.eval_runs(str(runs_dir), model, steps="val")
+    for setting in ({"shots": 5}, {"query": 3}, {"inner_lr": 0.05}):
+        write_val_report(model, {1: 60.0, 2: 70.0}, **setting)
+        with pytest.raises(ValueError, match="not the runs' setting"):
+            classify.eval_runs(str(runs_dir), model, steps="val")
     write_val_report(model, {1: 60.0, 2: 70.0}, sha="0" * 64)
     with pytest.raises(ValueError, match="made for other params"):
         classify.eval_runs(str(runs_dir), model, steps="val")
+    write_val_report(model, {1: 60.0, 2: 70.0}, sha="absent")
+    with pytest.raises(ValueError, match="predates the params check"):
+        classify.eval_runs(str(runs_dir), model, steps="val")
+    Path(model, "eval.json").write_text('{"accuracy": {"five": {"mean": 1}}}')
+    with pytest.raises(ValueError, match="cannot read .*eval.json .*--alphabets Tagalog"):
+        classify.eval_runs(str(runs_dir), model, steps="val")
+    with pytest.raises(ValueError, match="needs a model"):
+        classify.eval_runs(str(runs_dir), None, steps="val")
     write_val_report(model, {1: 60.0, 2: 70.0})
     io.save(Path(model, "params.npz"), classify.init_params(classify.load_config(model)))
     assert main(["eval-runs", "--runs", str(runs_dir), "--model", model, "--steps", "val"]) == 1

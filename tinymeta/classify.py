@@ -509,8 +509,9 @@ def train(cfg: ClassifyConfig, out: str, resume: bool = False, progress: bool = 
                     grads, info = step(model["theta"], batch)
                 # P > 1: the mean over ranks (one Allreduce), info with all B tasks' losses;
                 # the finiteness test below then sees the same numbers on every rank
-                grads, info = world.allreduce_mean(grads, info, it,
-                                                   ((model, opt_state), (rng, skipped)))
+                # (the selection state rides in the hash: ranks that would stop apart fail)
+                grads, info = world.allreduce_mean(
+                    grads, info, it, ((model, opt_state), (rng, skipped, best_it, since)))
                 if not tree_is_finite(grads):
                     if not cfg.skip_nonfinite:
                         raise distributed.on_all_ranks(TrainingError(
@@ -570,7 +571,13 @@ def train(cfg: ClassifyConfig, out: str, resume: bool = False, progress: bool = 
         return result
     chosen = model["theta"]
     if val_set is not None and best_it > 0:
-        chosen = io.load(os.path.join(out, "best.npz"))
+        chosen, meta_best = io.load(os.path.join(out, "best.npz"), with_metadata=True)
+        if (meta_best or {}).get("iteration") != best_it:  # crashed between best and checkpoint
+            raise TrainingError(
+                f"{out}/best.npz holds the params of iteration "
+                f"{(meta_best or {}).get('iteration')}, "
+                f"but validation chose iteration {best_it} (a run that crashed after saving "
+                "best.npz and was resumed with other settings); train it again")
     io.save(os.path.join(out, "params.npz"), chosen)
     steps_log = _read_jsonl(log_path)
     train_s = sum(r["step_s"] * (r["iteration"] - p) for r, p in
@@ -629,6 +636,7 @@ def evaluate(out: str, tasks: int = 600, steps: Sequence[int] | None = None,
     every step count in ``steps`` (default 0 and the training T) with the training α and
     the training adaptation mask; BN statistics are transductive per set.
     """
+    digest = _file_sha256(_params_path(out))
     cfg, theta = load_model(out)
     if alphabets:
         names, role = tuple(alphabets), "given"
@@ -653,8 +661,11 @@ def evaluate(out: str, tasks: int = 600, steps: Sequence[int] | None = None,
     report = {"accuracy": {str(t): accuracy_summary(a) for t, a in accs.items()},
               "algo": cfg.algo, "ways": cfg.ways, "shots": K, "query": Q, "tasks": int(tasks),
               "eval_seed": int(eval_seed), "alphabets": list(names), "alphabets_role": role,
-              "inner_lr": lr, "train_steps": cfg.inner_steps,
-              "params_sha256": _file_sha256(_params_path(out))}
+              "inner_lr": lr, "train_steps": cfg.inner_steps, "data": sources,
+              "params_sha256": digest}
+    if _file_sha256(_params_path(out)) != digest:  # a run still training rewrote it
+        raise TrainingError(f"{_params_path(out)} changed while it was evaluated; evaluate "
+                            "again once the run has finished")
     write_json(os.path.join(out, "eval.json"), report)
     return report
 
@@ -663,32 +674,49 @@ def validation_steps(out: str) -> tuple[int, dict]:
     """The test-time step count that validation chooses: argmax_t acc_val(t), ties to fewer.
 
     acc_val(t) is the mean query accuracy after t adaptation steps in ``out/eval.json``,
-    which must be a :func:`evaluate` of the validation alphabets (never of test alphabets:
-    a choice made on test tasks would make their score optimistic) of the params that
+    which must be a :func:`evaluate` of the run's validation alphabets (never of test
+    alphabets: a choice made on test tasks would make their score optimistic), in the
+    runs' setting (1 shot and 1 query image per class, the training α), of the params that
     :func:`load_model` reads now (their SHA-256 is in the report). Returns (t, the report).
 
     Raises:
-        ValueError: no ``eval.json``, one of other alphabets than the validation ones, or
-            one made for other params (retrained or resumed since): run ``tinymeta eval``.
+        ValueError: no ``eval.json``, or one of other alphabets, another setting or other
+            params (retrained or resumed since), or one this function cannot read; the
+            message gives the ``tinymeta eval`` command that makes the right one.
     """
     path = os.path.join(out, "eval.json")
-    again = (f"run `tinymeta eval {out} --tasks 600 --steps 5,10,20,40,80,160` first (the "
-             "validation alphabets are its default when the run holds out no test alphabets)")
+    cfg = load_config(out).resolved()
+    if not cfg.val_alphabets:
+        raise ValueError(f"--steps val: the run in {out} holds out no validation alphabets; "
+                         "give --steps T")
+    default_q = cfg.shots if cfg.reptile_query else cfg.query
+    again = (f"run `tinymeta eval {out} --tasks 600 --steps 5,10,20,40,80,160 --alphabets "
+             f"{','.join(cfg.val_alphabets)}"
+             f"{'' if cfg.shots == 1 else ' --shots 1'}{'' if default_q == 1 else ' --query 1'}"
+             "` first")
     if not os.path.exists(path):
         raise ValueError(f"--steps val: {path} does not exist; {again}")
-    with open(path) as f:
-        report = json.load(f)
-    cfg = load_config(out)
-    if not cfg.val_alphabets or list(report.get("alphabets", [])) != list(cfg.val_alphabets):
-        raise ValueError(f"--steps val: {path} evaluates alphabets {report.get('alphabets')}, "
-                         f"not the run's validation alphabets {list(cfg.val_alphabets)}; "
-                         f"{again}")
-    if report.get("params_sha256") != _file_sha256(_params_path(out)):
+    try:
+        with open(path) as f:
+            report = json.load(f)
+        acc = {int(t): float(r["mean"]) for t, r in report["accuracy"].items()}
+        setting = {k: report[k] for k in ("alphabets", "shots", "query", "inner_lr")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"--steps val: cannot read {path} ({type(e).__name__}: {e}); "
+                         f"{again}") from None
+    want = {"alphabets": list(cfg.val_alphabets), "shots": 1, "query": 1,
+            "inner_lr": cfg.inner_lr}
+    if setting != want or not acc:
+        raise ValueError(f"--steps val: {path} evaluates {setting}, not the runs' setting on "
+                         f"the validation alphabets {want}; {again}")
+    if "params_sha256" not in report:
+        raise ValueError(f"--steps val: {path} predates the params check (it records no "
+                         f"params_sha256); {again}")
+    if report["params_sha256"] != _file_sha256(_params_path(out)):
         raise ValueError(f"--steps val: {path} was made for other params than "
                          f"{_params_path(out)} holds now; {again}")
-    acc = report["accuracy"]
-    best = max(acc, key=lambda t: (acc[t]["mean"], -int(t)))
-    return int(best), report
+    best = max(acc, key=lambda t: (acc[t], -t))
+    return best, report
 
 
 def format_eval(report: dict) -> str:
@@ -745,6 +773,8 @@ def eval_runs(runs: str, model: str | None = None, baseline: bool = True,
         {"model": {run: error %} or None, "mhd": {run: error %} or None, "steps": T,
         and with ``"val"``: "steps_chosen_on": the validation accuracy of that T}.
     """
+    if steps == "val" and model is None:
+        raise ValueError("eval_runs: steps='val' (--steps val) needs a model (--model RUNDIR)")
     parsed = load_runs(runs)
     result: dict = {"model": None, "mhd": None, "steps": None}
     if model is not None:
@@ -753,10 +783,10 @@ def eval_runs(runs: str, model: str | None = None, baseline: bool = True,
             raise ValueError(f"the one-shot runs are 20-way; the model in {model} is "
                              f"{cfg.ways}-way (train with --ways 20)")
         if steps == "val":
-            steps, report = validation_steps(model)
+            steps, report = validation_steps(model)  # before the (slow) runs are scored
             result["steps_chosen_on"] = {
-                "alphabets": report["alphabets"], "tasks": report["tasks"],
-                "eval_seed": report["eval_seed"],
+                "alphabets": report["alphabets"], "tasks": report.get("tasks"),
+                "eval_seed": report.get("eval_seed"),
                 "accuracy": report["accuracy"][str(steps)]["mean"],
                 "candidates": sorted(int(t) for t in report["accuracy"])}
         elif isinstance(steps, str):
