@@ -563,31 +563,28 @@ def train(cfg: ClassifyConfig, out: str, resume: bool = False, progress: bool = 
         bar.close()
     if not (stopped_early or it == cfg.iterations):
         return {"iteration": it, "finished": False}
-    result = {"finished": True, "iteration": it, "stopped_early": stopped_early,
-              "best_iteration": best_it if val_set is not None else it,
-              "best_val_accuracy": best if val_set is not None else None,
-              "skipped": skipped}
+    summary = {"finished": True, "iteration": it, "stopped_early": stopped_early,
+               "best_iteration": best_it if val_set is not None else it,
+               "best_val_accuracy": best if val_set is not None else None,
+               "skipped": skipped}
     if not world.is_root:
-        return result
+        return summary
     chosen = model["theta"]
     if val_set is not None and best_it > 0:
         chosen, meta_best = io.load(os.path.join(out, "best.npz"), with_metadata=True)
-        if (meta_best or {}).get("iteration") != best_it:  # crashed between best and checkpoint
+        saved_it = (meta_best or {}).get("iteration")
+        if saved_it != best_it:  # a crash between best.npz and the checkpoint, then a resume
             raise TrainingError(
-                f"{out}/best.npz holds the params of iteration "
-                f"{(meta_best or {}).get('iteration')}, "
-                f"but validation chose iteration {best_it} (a run that crashed after saving "
-                "best.npz and was resumed with other settings); train it again")
+                f"{out}/best.npz holds the params of iteration {saved_it}, but validation "
+                f"chose iteration {best_it} (a run that crashed after saving best.npz and was "
+                "resumed with other settings); train it again")
     io.save(os.path.join(out, "params.npz"), chosen)
     steps_log = _read_jsonl(log_path)
     train_s = sum(r["step_s"] * (r["iteration"] - p) for r, p in
                   zip(steps_log, [0] + [r["iteration"] for r in steps_log[:-1]]))
     val_s = sum(r["val_s"] for r in _read_jsonl(val_path))
-    result = {"finished": True, "iteration": it, "stopped_early": stopped_early,
-              "best_iteration": result["best_iteration"],
-              "best_val_accuracy": result["best_val_accuracy"],
-              "s_per_iteration": train_s / max(it, 1), "train_s": train_s, "val_s": val_s,
-              "wall_s": elapsed, "skipped": skipped}
+    result = {**summary, "s_per_iteration": train_s / max(it, 1), "train_s": train_s,
+              "val_s": val_s, "wall_s": elapsed}
     write_json(os.path.join(out, "result.json"), result)
     return result
 
