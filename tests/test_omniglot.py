@@ -446,6 +446,29 @@ def test_sample_on_the_fly_rotation_path_agrees(fixture_set: Omniglot) -> None:
     assert slow._table is None
 
 
+@pytest.mark.parametrize("augment", [False, True, {"max_rotation": 10.0}],
+                         ids=["plain", "augment", "augment-rotation"])
+@pytest.mark.parametrize("q", [2, 0])
+def test_sample_a_share_of_the_tasks_is_that_slice_of_the_batch(
+    fixture_set: Omniglot, augment, q: int
+) -> None:
+    """tasks=(lo, hi) (an MPI rank's share): tasks lo..hi-1 of the whole batch, bit for bit,
+    and the Generator ends where the whole batch leaves it."""
+    b = 5
+    g_all = np.random.default_rng(11)
+    whole = fixture_set.sample(b, 4, 2, q, rng=g_all, augment=augment)
+    after = g_all.bit_generator.state
+    for lo, hi in ((0, 5), (0, 2), (2, 5), (1, 4), (3, 3)):
+        g = np.random.default_rng(11)
+        part = fixture_set.sample(b, 4, 2, q, rng=g, augment=augment, tasks=(lo, hi))
+        for x, y in zip(part, whole, strict=True):
+            assert x.shape == (hi - lo, *y.shape[1:])
+            np.testing.assert_array_equal(x, y[lo:hi])
+        assert g.bit_generator.state == after, (lo, hi)
+    with pytest.raises(ValueError, match=r"tasks \(4, 6\) is not a range of the 5 tasks"):
+        fixture_set.sample(b, 4, 2, q, seed=0, tasks=(4, 6))
+
+
 def test_sample_argument_errors(fixture_set: Omniglot) -> None:
     with pytest.raises(ValueError, match="classes"):
         fixture_set.sample(1, 25, 1, 1, seed=0)

@@ -22,10 +22,11 @@ A run folder holds what :mod:`tinymeta.train` writes (``config.json``, ``train.j
 iteration and the timings) and, after ``tinymeta eval``, ``eval.json``.
 
 Meta-training runs data-parallel under ``mpiexec -n P`` as the sinusoid's does
-(:mod:`tinymeta.distributed`): every rank draws the same meta-batch and keeps B/P of its
-tasks, one Allreduce per step averages the meta-gradients, the validation tasks are split
-across the ranks and their accuracies gathered exactly, and only rank 0 writes the run
-folder. On one process nothing of this runs and the results are what they always were.
+(:mod:`tinymeta.distributed`): every rank draws the random numbers of the same meta-batch
+and gathers (and augments) only its B/P tasks, one Allreduce per step averages the
+meta-gradients, the validation tasks are split across the ranks and their accuracies
+gathered exactly, and only rank 0 writes the run folder. On one process nothing of this
+runs and the results are what they always were.
 """
 
 from __future__ import annotations
@@ -411,8 +412,9 @@ def train(cfg: ClassifyConfig, out: str, resume: bool = False, progress: bool = 
     ``patience`` validations without one training stops. ``params.npz`` is the best
     (the last params when there are no validation alphabets).
 
-    Under ``mpiexec -n P`` (see :mod:`tinymeta.distributed`) every rank draws the same full
-    meta-batch, keeps its B/P tasks and the ranks average their meta-gradients with one
+    Under ``mpiexec -n P`` (see :mod:`tinymeta.distributed`) every rank draws the random
+    numbers of the same full meta-batch, gathers and augments its B/P tasks (``Omniglot.sample``
+    with ``tasks=``) and the ranks average their meta-gradients with one
     Allreduce per step; the validation tasks are split across the ranks and their accuracies
     gathered exactly, so every rank takes the same early-stopping and best-checkpoint
     decision. Only rank 0 writes into ``out``. One process: exactly the run it always was.
@@ -489,6 +491,7 @@ def train(cfg: ClassifyConfig, out: str, resume: bool = False, progress: bool = 
         else:
             val_batch = to_backend(val_all)
     best, best_it, since = _selection(val_log)
+    share = world.task_range(cfg.meta_batch) if world.distributed else None  # this rank's
     end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
     bar = _Progress(start, cfg.iterations, progress and world.is_root, cfg.log_every)
     window: list = []
@@ -501,10 +504,11 @@ def train(cfg: ClassifyConfig, out: str, resume: bool = False, progress: bool = 
                 open(val_path if world.is_root else os.devnull, "a") as vlog:
             for it in range(start + 1, end + 1):
                 t0 = time.perf_counter()
-                # every rank draws the full batch and keeps its B/P tasks (P = 1: all)
-                batch = to_backend(world.shard(train_set.sample(
+                # every rank draws the random numbers of the full batch (its rng stays the
+                # others') but gathers and augments only its B/P tasks (P = 1: all)
+                batch = to_backend(train_set.sample(
                     cfg.meta_batch, cfg.ways, cfg.shots, cfg.query, rng=rng,
-                    augment=cfg.augment)))
+                    augment=cfg.augment, tasks=share))
                 with np.errstate(over="ignore", invalid="ignore"):  # checked just below
                     grads, info = step(model["theta"], batch)
                 # P > 1: the mean over ranks (one Allreduce), info with all B tasks' losses;

@@ -660,6 +660,7 @@ class Omniglot:
         rng: np.random.Generator | None = None,
         flatten: bool = True,
         augment: bool | Mapping[str, float] = False,
+        tasks: tuple[int, int] | None = None,
     ) -> TaskBatch:
         """Draw ``num_tasks`` N-way K-shot classification tasks.
 
@@ -675,6 +676,10 @@ class Omniglot:
             flatten: x of shape (B, N*K, S*S) if True, else (B, N*K, S, S).
             augment: apply :func:`augment` to the images (True for its defaults, or a mapping
                 of its keyword arguments). Off by default.
+            tasks: (lo, hi): only tasks lo … hi − 1 of the B drawn (an MPI rank's share).
+                Every random number of the whole batch is still drawn, so the result is the
+                whole batch's tasks lo … hi − 1 exactly and ``rng`` ends where it would;
+                only those tasks' images are gathered and augmented.
 
         Returns:
             ``TaskBatch(support_x, support_y, query_x, query_y, params)`` with float32 x,
@@ -688,6 +693,9 @@ class Omniglot:
             raise ValueError(f"{n}-way tasks need {n} classes, the data set has {self.num_classes}")
         if k + q > self.num_drawers:
             raise ValueError(f"shots + queries = {k + q} > {self.num_drawers} drawings per class")
+        lo, hi = (0, b) if tasks is None else (int(tasks[0]), int(tasks[1]))
+        if not 0 <= lo <= hi <= b:
+            raise ValueError(f"sample: tasks ({lo}, {hi}) is not a range of the {b} tasks")
         all_classes = np.broadcast_to(
             np.arange(self.num_classes, dtype=np.int64), (b, self.num_classes)
         )
@@ -697,11 +705,11 @@ class Omniglot:
 
         def one_set(start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
             m = n * count
-            order = gen.permuted(np.broadcast_to(np.arange(m), (b, m)), axis=1)
+            order = gen.permuted(np.broadcast_to(np.arange(m), (b, m)), axis=1)[lo:hi]
             labels = order // count  # point i shows label labels[i] ...
             slot = start + order % count  # ... drawn by the slot-th drawer picked for it
-            drw = drawers[np.arange(b)[:, None], labels, slot]
-            x = self._gather(np.take_along_axis(classes, labels, axis=1), drw)
+            drw = drawers[np.arange(lo, hi)[:, None], labels, slot]
+            x = self._gather(np.take_along_axis(classes[lo:hi], labels, axis=1), drw)
             return x, labels.astype(np.int64)
 
         sx, sy = one_set(0, k)
@@ -709,15 +717,20 @@ class Omniglot:
             qx, qy = one_set(k, q)
         else:
             s = self.image_size
-            qx, qy = np.empty((b, 0, s, s), np.float32), np.empty((b, 0), np.int64)
+            qx, qy = np.empty((hi - lo, 0, s, s), np.float32), np.empty((hi - lo, 0), np.int64)
         if augment:
             kwargs = dict(augment) if isinstance(augment, Mapping) else {}
-            sx = _augment_images(sx, gen, **kwargs)
-            qx = _augment_images(qx, gen, **kwargs)
+            if tasks is not None:  # every distortion of the batch drawn, these tasks' applied
+                sx = _augment_images(sx, gen, part_of=(b * n * k, lo * n * k), **kwargs)
+                qx = _augment_images(qx, gen, part_of=(b * n * q, lo * n * q), **kwargs)
+            else:
+                sx = _augment_images(sx, gen, **kwargs)
+                qx = _augment_images(qx, gen, **kwargs)
         if flatten:
-            sx = sx.reshape(b, n * k, -1)
-            qx = qx.reshape(b, n * q, -1)
-        return TaskBatch(sx, sy, qx, qy, classes)
+            pixels = sx.shape[-2] * sx.shape[-1]
+            sx = sx.reshape(hi - lo, n * k, pixels)
+            qx = qx.reshape(hi - lo, n * q, pixels)
+        return TaskBatch(sx, sy, qx, qy, classes[lo:hi])
 
 
 # --------------------------------------------------------------------------------------------
@@ -729,17 +742,25 @@ def _augment_images(
     images: np.ndarray,
     rng: np.random.Generator,
     *,
+    part_of: tuple[int, int] | None = None,
     max_shift: float = 2.0,
     max_scale: float = 0.1,
     max_shear: float = 0.1,
     max_rotation: float = 0.0,
 ) -> np.ndarray:
+    """:func:`augment`, with ``part_of`` for the tasks that one MPI rank keeps.
+
+    ``part_of = (m, start)``: ``images`` are the flattened images start … start + len − 1
+    of m; the distortions are drawn for all m, so that ``rng`` advances as for the whole
+    set and each image gets the distortion it would get there, and only these are resampled.
+    """
     arr = np.asarray(images, dtype=np.float32)
     if arr.ndim < 2:
         raise ValueError(f"need (..., H, W) images, got shape {arr.shape}")
     lead, (h, w) = arr.shape[:-2], arr.shape[-2:]
     flat = arr.reshape(-1, h * w)
-    m = flat.shape[0]
+    mine = flat.shape[0]
+    m, start = (mine, 0) if part_of is None else part_of
     if m == 0:
         return arr.copy()
     shift = rng.uniform(-max_shift, max_shift, size=(m, 2))
@@ -755,6 +776,10 @@ def _augment_images(
     sc = np.zeros((m, 2, 2))
     sc[:, 0, 0], sc[:, 1, 1] = scale[:, 0], scale[:, 1]
     inv = np.linalg.inv(rot @ shr @ sc).astype(np.float32)  # output pixel -> source position
+    if part_of is not None:  # the rest is per image: resample only these
+        inv, shift, m = inv[start : start + mine], shift[start : start + mine], mine
+        if m == 0:
+            return arr.copy()
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
     gy = (np.arange(h, dtype=np.float32) - cy).repeat(w)[None, :]  # (1, h*w) centred rows
     gx = np.tile(np.arange(w, dtype=np.float32) - cx, h)[None, :]
