@@ -214,10 +214,17 @@ def test_train_writes_a_run_and_chooses_on_validation(data_zip, tmp_path):
 def test_early_stopping(data_zip, tmp_path):
     """A vanishing outer lr keeps validation flat: with patience 2 the run stops at the third
     validation and keeps the first."""
-    cfg = tiny(data_zip, outer_lr=1e-30, patience=2, iterations=40)
+    cfg = tiny(data_zip, outer_lr=1e-30, patience=2, iterations=40, log_every=4)
     result = classify.train(cfg, str(tmp_path / "run"), progress=False)
     assert result["stopped_early"] and result["iteration"] == 6
     assert result["best_iteration"] == 2
+    # the steps after the last regular log line (4) are logged at the stop, so the time per
+    # iteration covers all 6: the two lines' windows are 4 and 2 steps
+    lines = (tmp_path / "run" / "train.jsonl").read_text().splitlines()
+    logged = [json.loads(x) for x in lines]
+    assert [r["iteration"] for r in logged] == [4, 6]
+    want = (4 * logged[0]["step_s"] + 2 * logged[1]["step_s"]) / 6
+    assert result["s_per_iteration"] == pytest.approx(want, rel=1e-12) and want > 0
 
 
 def test_resume_is_bit_for_bit(data_zip, tmp_path):

@@ -527,17 +527,6 @@ def train(cfg: ClassifyConfig, out: str, resume: bool = False, progress: bool = 
                 window.append(_to_float(ops.mean(info["query_loss"])))
                 step_times.append(time.perf_counter() - t0)
                 bar.update(it, float(np.mean(window)))
-                if it % cfg.log_every == 0 or it == end:
-                    now = time.perf_counter()
-                    elapsed += now - t_last
-                    t_last = now
-                    log.write(json.dumps({
-                        "iteration": it, "query_loss": float(np.mean(window)),
-                        "support_loss": _to_float(ops.mean(info["support_loss"])),
-                        "step_s": float(np.mean(step_times)), "skipped": skipped,
-                        "elapsed_s": round(elapsed, 3)}) + "\n")
-                    log.flush()
-                    window, step_times = [], []
                 validate_now = val_set is not None and (it % cfg.eval_every == 0 or
                                                         it == cfg.iterations)
                 if validate_now:
@@ -556,6 +545,19 @@ def train(cfg: ClassifyConfig, out: str, resume: bool = False, progress: bool = 
                     else:
                         since += 1
                     stopped_early = cfg.patience > 0 and since >= cfg.patience
+                # (after the validation, so that an early stop logs its last steps too:
+                # result.json's s_per_iteration is computed from these lines)
+                if it % cfg.log_every == 0 or it == end or stopped_early:
+                    now = time.perf_counter()
+                    elapsed += now - t_last
+                    t_last = now
+                    log.write(json.dumps({
+                        "iteration": it, "query_loss": float(np.mean(window)),
+                        "support_loss": _to_float(ops.mean(info["support_loss"])),
+                        "step_s": float(np.mean(step_times)), "skipped": skipped,
+                        "elapsed_s": round(elapsed, 3)}) + "\n")
+                    log.flush()
+                    window, step_times = [], []
                 if it % cfg.checkpoint_every == 0 or it == end or validate_now:
                     elapsed += time.perf_counter() - t_last
                     t_last = time.perf_counter()
