@@ -141,8 +141,9 @@ def test_two_ranks_stop_early_together_with_an_empty_share(data_zip, env, tmp_pa
 
 
 @needs_mpi
-@pytest.mark.parametrize("algo, extra", [("maml", []), ("reptile", ["--compile"])],
-                         ids=["maml", "reptile-compiled"])
+@pytest.mark.parametrize("algo, extra", [("maml", []), ("reptile", ["--compile"]),
+                                         ("maml", ["--augment"])],
+                         ids=["maml", "reptile-compiled", "maml-augment"])
 def test_two_ranks_train_the_one_process_model(data_zip, env, tmp_path, algo, extra):
     common = ["--algo", algo, "--meta-batch", "4", "--iterations", "6", "--eval-every", "2",
               "--val-tasks", "5", "--log-every", "2", "--checkpoint-every", "3",
@@ -186,15 +187,17 @@ def test_a_meta_batch_that_does_not_split_is_one_clear_error(data_zip, env, tmp_
     assert not (out / "checkpoint.npz").exists()
 
 
-# rank 1 alone cannot read the data (as when the path is missing on one host)
+# rank 1 alone cannot read the data (as when the path is missing on one host); rank 0
+# reads it SLOW seconds long (a cold cache), longer than --mpi-timeout
 ONE_RANK_FAILS = """
-import sys
+import os, sys, time
 from tinymeta import classify, distributed
 from tinymeta.cli import main
 real = classify.load_splits
 def load_splits(cfg):
     if distributed.launcher_env()[0] == 1:
         raise FileNotFoundError("images_background.zip is not on this host (rank 1 only)")
+    time.sleep(float(os.environ.get("SLOW", "0")))
     return real(cfg)
 classify.load_splits = load_splits
 sys.exit(main(sys.argv[1:]))
@@ -202,19 +205,44 @@ sys.exit(main(sys.argv[1:]))
 
 
 @needs_mpi
-def test_an_error_on_one_rank_only_is_printed_and_ends_the_job(data_zip, env, tmp_path):
+@pytest.mark.parametrize("slow", [0.0, 3.0], ids=["others-on-time", "others-slower"])
+def test_an_error_on_one_rank_only_is_printed_and_ends_the_job(data_zip, env, tmp_path, slow):
     out = tmp_path / "run"
-    args = train_args(data_zip, out, "--meta-batch", "4", "--iterations", "2")
+    args = train_args(data_zip, out, "--meta-batch", "4", "--iterations", "2",
+                      "--mpi-timeout", "1")
     args[1] = ONE_RANK_FAILS
     t0 = time.perf_counter()
-    p = run_mpi(2, *args, env=env)
+    p = run_mpi(2, *args, env={**env, "SLOW": str(slow)})
     took = time.perf_counter() - t0
     assert p.returncode != 0
-    assert took < 15, f"the job took {took:.1f} s to stop"  # not the 120 s start-up timeout
+    assert took < 15 + slow, f"the job took {took:.1f} s to stop"  # not the 120 s start-up
     assert "images_background.zip is not on this host (rank 1 only)" in p.stderr, p.stderr
     assert "[rank 1 of 2; aborting the job]" in p.stderr, p.stderr
-    assert "lost or hung" not in p.stderr, p.stderr
+    assert "lost or hung" not in p.stderr, p.stderr  # the set-up check waits for slow ranks
     assert not (out / "checkpoint.npz").exists()
+
+
+NESTED = """
+import sys
+from tinymeta import distributed
+w = distributed.init(force=True)
+try:
+    with distributed.same_on_all_ranks("the outer block"):
+        with distributed.same_on_all_ranks("the inner block"):
+            if w.rank == 1:
+                raise OSError("only rank 1 fails, in the inner block")
+except Exception as e:
+    distributed.report_error(f"error: {e}", e)
+    sys.exit(1)
+"""
+
+
+@needs_mpi
+def test_a_one_rank_error_in_nested_blocks_stays_that_ranks(env):
+    p = run_mpi(2, "-c", NESTED, env=env)
+    assert p.returncode != 0
+    assert "error: only rank 1 fails, in the inner block [rank 1 of 2; aborting the job]" in \
+        p.stderr, p.stderr
 
 
 @needs_mpi

@@ -527,6 +527,7 @@ def train(cfg: ClassifyConfig, out: str, resume: bool = False, progress: bool = 
                 window.append(_to_float(ops.mean(info["query_loss"])))
                 step_times.append(time.perf_counter() - t0)
                 bar.update(it, float(np.mean(window)))
+                steps_done = time.perf_counter()  # the log's elapsed_s: before validation
                 validate_now = val_set is not None and (it % cfg.eval_every == 0 or
                                                         it == cfg.iterations)
                 if validate_now:
@@ -548,9 +549,8 @@ def train(cfg: ClassifyConfig, out: str, resume: bool = False, progress: bool = 
                 # (after the validation, so that an early stop logs its last steps too:
                 # result.json's s_per_iteration is computed from these lines)
                 if it % cfg.log_every == 0 or it == end or stopped_early:
-                    now = time.perf_counter()
-                    elapsed += now - t_last
-                    t_last = now
+                    elapsed += steps_done - t_last
+                    t_last = steps_done
                     log.write(json.dumps({
                         "iteration": it, "query_loss": float(np.mean(window)),
                         "support_loss": _to_float(ops.mean(info["support_loss"])),

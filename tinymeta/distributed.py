@@ -124,16 +124,27 @@ def same_on_all_ranks(what: str = "the run's set-up") -> Iterator[None]:
     """
     w = _WORLD
     many = w is not None and w.size > 1
+    check = f"the check of {what}"  # the set-up may be slow (data): the start-up allowance
     try:
         yield
     except Exception as e:
-        if not many or all(w.allgather_int(1, f"the check of {what}")):
+        if getattr(e, "report_now", False) or getattr(e, "wait_for_others", False):
+            raise  # an inner block's verdict, which every rank holds one side of
+        if not many:
+            on_all_ranks(e)
+            raise
+        w.pending_error = f"{type(e).__name__}: {e}"  # printed if the check times out
+        try:
+            everywhere = all(w.allgather_int(1, check, STARTUP_TIMEOUT_S))
+        finally:
+            w.pending_error = None
+        if everywhere:
             on_all_ranks(e)
         else:
             e.report_now = True  # type: ignore[attr-defined]
         raise
     if many:
-        failed = [r for r, f in enumerate(w.allgather_int(0, f"the check of {what}")) if f]
+        failed = [r for r, f in enumerate(w.allgather_int(0, check, STARTUP_TIMEOUT_S)) if f]
         if failed:
             err = DistributedError(
                 f"{what} failed on rank{'s' if len(failed) > 1 else ''} "
@@ -209,6 +220,9 @@ class _Watchdog:
             deadline = self.deadline
             if deadline is not None and time.monotonic() > deadline:
                 w = self.world
+                if w.pending_error is not None:  # this rank's own error, not yet printed
+                    print(f"tinymeta: error: rank {w.rank} of {w.size}: {w.pending_error}",
+                          file=sys.stderr, flush=True)
                 print(f"tinymeta: error: rank {w.rank} of {w.size} waited more than "
                       f"{self.waited:g} s in {self.what}: another rank is lost or hung; "
                       f"stopping the job (MPI_Abort){w.resume_hint}", file=sys.stderr,
@@ -240,6 +254,7 @@ class World:
         self.timeout = float(timeout)
         self.check_every = int(check_every)
         self.resume_hint = ""
+        self.pending_error: str | None = None  # this rank's error while its ranks compare
         self.allreduce_s = 0.0  # wall time spent inside Allreduce (benchmarks)
         self.allreduce_calls = 0
         self._checked = False
@@ -440,15 +455,17 @@ class World:
             self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
         return buf
 
-    def allgather_int(self, value: int, what: str = "an Allgather") -> list[int]:
-        """Every rank's ``value`` (a guarded Allgather of one int64), for tests and checks."""
+    def allgather_int(self, value: int, what: str = "an Allgather",
+                      at_least: float | None = None) -> list[int]:
+        """Every rank's ``value`` (a guarded Allgather of one int64), for tests and checks;
+        ``at_least``: wait at least this long (s) before the watchdog stops the job."""
         if self.size == 1:
             return [int(value)]
         from mpi4py import MPI
 
         send = np.array([value], dtype=np.int64)
         recv = np.zeros(self.size, dtype=np.int64)
-        with self._guard(what):
+        with self._guard(what, at_least):
             self.comm.Allgather([send, MPI.INT64_T], [recv, MPI.INT64_T])
         return [int(v) for v in recv]
 
