@@ -381,11 +381,6 @@ def _selection(val_log: list[dict]) -> tuple[float, int, int]:
     return best, best_it, since
 
 
-def _task_slice(batch: TaskBatch, lo: int, hi: int) -> TaskBatch:
-    """Tasks lo … hi − 1 of a host batch (support and query; the class indices dropped)."""
-    return TaskBatch(*(v[lo:hi] for v in batch[:4]))
-
-
 def _validate(world: distributed.World, theta: Any, val_part: TaskBatch | None, total: int,
               cfg: ClassifyConfig, mask: Any, iteration: int) -> float:
     """Mean query accuracy (%) over the ``total`` validation tasks after T inner steps.
@@ -484,14 +479,12 @@ def train(cfg: ClassifyConfig, out: str, resume: bool = False, progress: bool = 
         # Reptile's --reptile-query images are the learner's training data, not a test:
         # its validation tasks hold as many query images per class as shots
         vq = cfg.shots if cfg.reptile_query else cfg.query
-        val_all = val_set.sample(cfg.val_tasks, cfg.ways, cfg.shots, vq, seed=cfg.val_seed)
-        if world.distributed:
-            lo, hi = world.task_range(cfg.val_tasks)
-            val_batch = to_backend(_task_slice(val_all, lo, hi)) if hi > lo else None
-        else:
-            val_batch = to_backend(val_all)
+        lo, hi = world.task_range(cfg.val_tasks)  # P = 1: all of them
+        if hi > lo:
+            val_batch = to_backend(val_set.sample(cfg.val_tasks, cfg.ways, cfg.shots, vq,
+                                                  seed=cfg.val_seed, tasks=(lo, hi)))
     best, best_it, since = _selection(val_log)
-    share = world.task_range(cfg.meta_batch) if world.distributed else None  # this rank's
+    share = world.task_range(cfg.meta_batch)  # this rank's tasks (P = 1: all of them)
     end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
     bar = _Progress(start, cfg.iterations, progress and world.is_root, cfg.log_every)
     window: list = []

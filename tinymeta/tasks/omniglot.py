@@ -720,12 +720,9 @@ class Omniglot:
             qx, qy = np.empty((hi - lo, 0, s, s), np.float32), np.empty((hi - lo, 0), np.int64)
         if augment:
             kwargs = dict(augment) if isinstance(augment, Mapping) else {}
-            if tasks is not None:  # every distortion of the batch drawn, these tasks' applied
-                sx = _augment_images(sx, gen, part_of=(b * n * k, lo * n * k), **kwargs)
-                qx = _augment_images(qx, gen, part_of=(b * n * q, lo * n * q), **kwargs)
-            else:
-                sx = _augment_images(sx, gen, **kwargs)
-                qx = _augment_images(qx, gen, **kwargs)
+            # every distortion of the batch drawn, those of tasks lo … hi − 1 applied
+            sx = _augment_images(sx, gen, part_of=(b * n * k, lo * n * k), **kwargs)
+            qx = _augment_images(qx, gen, part_of=(b * n * q, lo * n * q), **kwargs)
         if flatten:
             pixels = sx.shape[-2] * sx.shape[-1]
             sx = sx.reshape(hi - lo, n * k, pixels)
