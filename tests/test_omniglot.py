@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from tinymeta.tasks import omniglot as om  # noqa: E402
 from tinymeta.tasks.base import TaskBatch  # noqa: E402
 from tinymeta.tasks.omniglot import Omniglot, augment, augment_batch, preprocess  # noqa: E402
+from tinymeta.tasks.omniglot import cache as omniglot_cache  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
 SMALL1 = DATA / "images_background_small1.zip"
@@ -273,7 +274,7 @@ def test_cache_round_trip(
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded although a valid cache exists")
 
-    monkeypatch.setattr(om, "_decode_layout", no_decoding)
+    monkeypatch.setattr(omniglot_cache, "_decode_layout", no_decoding)
     second = Omniglot(fixture_data["zip"], cache_dir=tmp_path)
     for ds in (first, second):
         np.testing.assert_array_equal(ds.images, fresh.images)

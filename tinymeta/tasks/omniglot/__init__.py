@@ -26,31 +26,25 @@ by ``np.rot90(image, rotations[c % len(rotations)])`` (counter-clockwise quarter
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import re
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from tinymeta.io import atomic_write
 from tinymeta.tasks.base import TaskBatch
 
+from .cache import CACHE_FORMAT_VERSION, default_cache_dir, load_source
 from .reading import (
     IMAGE_SIZE,
-    INK_THRESHOLD,
-    RESAMPLE,
     PathLike,
-    _decode_layout,
-    _Layout,
-    _scan,
-    _SourceArrays,
     decode_png,
     preprocess,
+)
+from .reading import (
+    INK_THRESHOLD as INK_THRESHOLD,  # public, outside __all__ as before
+)
+from .reading import (
+    RESAMPLE as RESAMPLE,  # public, outside __all__ as before
 )
 from .reading import (
     SOURCE_SIZE as SOURCE_SIZE,  # public, outside __all__ as before
@@ -67,149 +61,6 @@ __all__ = [
     "preprocess",
 ]
 
-#: Bump when the cached arrays change meaning; old cache files are then rebuilt.
-CACHE_FORMAT_VERSION = 1
-
-
-def _source_key(layout: _Layout, center: bool, size: int) -> dict[str, Any]:
-    """Everything the cached arrays depend on: the source's files and the settings."""
-    path = layout.path.resolve()
-    if layout.kind == "zip":
-        st = path.stat()
-        files: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    else:
-        h = hashlib.sha256()
-        count = 0
-        for names in layout.characters.values():
-            for name in names:
-                st = os.stat(name)
-                rel = Path(name).relative_to(layout.path).as_posix()
-                h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-                count += 1
-        files = {"count": count, "digest": h.hexdigest()}
-    return {
-        "format_version": CACHE_FORMAT_VERSION,
-        "kind": layout.kind,
-        "path": str(path),
-        "files": files,
-        "center": bool(center),
-        "size": int(size),
-        "resample": RESAMPLE,
-        "ink_threshold": INK_THRESHOLD,
-    }
-
-# --------------------------------------------------------------------------------------------
-# cache
-# --------------------------------------------------------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    """``$TINYMETA_CACHE`` when set, else ``~/.cache/tinymeta``."""
-    env = os.environ.get("TINYMETA_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "tinymeta"
-
-
-def _checksum(arrays: _SourceArrays) -> str:
-    h = hashlib.sha256()
-    h.update(str(arrays.images.shape).encode())
-    h.update(np.ascontiguousarray(arrays.images, dtype=np.float32).tobytes())
-    h.update(json.dumps([list(c) for c in arrays.characters]).encode())
-    h.update(json.dumps(arrays.files.tolist()).encode())
-    return h.hexdigest()
-
-
-def _cache_path(cache_dir: Path, layout: _Layout, key: Mapping[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", layout.path.name.removesuffix(".zip")) or "source"
-    return cache_dir / f"omniglot-{stem}-{digest}.npz"
-
-
-def _read_cache(path: Path, key: Mapping[str, Any]) -> _SourceArrays:
-    """Load and verify one cache file; raises ValueError (or any reading error) when bad."""
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"][()]))
-        if meta.get("key") != json.loads(json.dumps(key)):
-            raise ValueError("content key mismatch")
-        images = z["images"]
-        alphabets = z["alphabets"]
-        chars = z["characters"]
-        files = z["files"]
-    if images.dtype != np.float32 or images.ndim != 4:
-        raise ValueError(f"bad images array {images.dtype} {images.shape}")
-    if not (len(alphabets) == len(chars) == images.shape[0]) or files.shape != images.shape[:2]:
-        raise ValueError("inconsistent array shapes")
-    arrays = _SourceArrays(
-        images, [(str(a), str(c)) for a, c in zip(alphabets, chars, strict=True)], files
-    )
-    if meta.get("checksum") != _checksum(arrays):
-        raise ValueError("checksum mismatch")
-    return arrays
-
-
-def _write_cache(path: Path, key: Mapping[str, Any], arrays: _SourceArrays) -> None:
-    """Write atomically (:func:`tinymeta.io.atomic_write`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = json.dumps({"key": key, "checksum": _checksum(arrays)}, sort_keys=True)
-    with atomic_write(path, binary=True) as f:
-        np.savez(
-            f,
-            images=arrays.images,
-            alphabets=np.array([a for a, _ in arrays.characters], dtype=str),
-            characters=np.array([c for _, c in arrays.characters], dtype=str),
-            files=arrays.files,
-            meta=np.array(meta),
-        )
-
-
-def load_source(
-    source: PathLike,
-    *,
-    center: bool = True,
-    size: int = IMAGE_SIZE,
-    cache: bool = True,
-    cache_dir: PathLike | None = None,
-) -> tuple[np.ndarray, list[tuple[str, str]], np.ndarray]:
-    """Decode (or read from the cache) one Omniglot source.
-
-    Args:
-        source: a zip file or a folder in the Omniglot layout.
-        center, size: preprocessing settings, see :func:`preprocess`.
-        cache: read and write the cache; ``False`` always decodes.
-        cache_dir: folder of the cache files (default :func:`default_cache_dir`).
-
-    Returns:
-        ``(images, characters, files)``: (C, D, size, size) float32 images, the
-        ``(alphabet, character)`` names sorted, and the (C, D) PNG file names.
-
-    Raises:
-        FileNotFoundError: when ``source`` does not exist.
-        ValueError: naming the file when a source has no Omniglot layout or a PNG is bad.
-    """
-    layout = _scan(Path(source))
-    if not cache:
-        arrays = _decode_layout(layout, center, size)
-        return arrays.images, arrays.characters, arrays.files
-    key = _source_key(layout, center, size)
-    path = _cache_path(
-        Path(cache_dir) if cache_dir is not None else default_cache_dir(), layout, key
-    )
-    if path.exists():
-        try:
-            arrays = _read_cache(path, key)
-        except Exception as err:  # unreadable, truncated, stale: rebuild, never use
-            warnings.warn(
-                f"rebuilding invalid Omniglot cache {path}: {type(err).__name__}: {err}",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        else:
-            return arrays.images, arrays.characters, arrays.files
-    arrays = _decode_layout(layout, center, size)
-    try:
-        _write_cache(path, key, arrays)
-    except OSError as err:  # a read-only or full disk costs the cache, not the data
-        warnings.warn(f"could not write Omniglot cache {path}: {err}", RuntimeWarning, stacklevel=3)
-    return arrays.images, arrays.characters, arrays.files
 
 
 # --------------------------------------------------------------------------------------------
