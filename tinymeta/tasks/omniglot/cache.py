@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tinymeta.io import atomic_write
-
+from ...io import atomic_write
 from .reading import (
     IMAGE_SIZE,
     INK_THRESHOLD,
@@ -36,6 +35,12 @@ from .reading import (
 
 #: Bump when the cached arrays change meaning; old cache files are then rebuilt.
 CACHE_FORMAT_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$TINYMETA_CACHE`` when set, else ``~/.cache/tinymeta``."""
+    env = os.environ.get("TINYMETA_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "tinymeta"
 
 
 def _source_key(layout: _Layout, center: bool, size: int) -> dict[str, Any]:
@@ -64,16 +69,6 @@ def _source_key(layout: _Layout, center: bool, size: int) -> dict[str, Any]:
         "resample": RESAMPLE,
         "ink_threshold": INK_THRESHOLD,
     }
-
-# --------------------------------------------------------------------------------------------
-# cache
-# --------------------------------------------------------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    """``$TINYMETA_CACHE`` when set, else ``~/.cache/tinymeta``."""
-    env = os.environ.get("TINYMETA_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "tinymeta"
 
 
 def _checksum(arrays: _SourceArrays) -> str:
