@@ -72,6 +72,7 @@ def _source_key(layout: _Layout, center: bool, size: int) -> dict[str, Any]:
 
 
 def _checksum(arrays: _SourceArrays) -> str:
+    """SHA-256 (hex) of the arrays' shape and float32 bytes, the names and the file names."""
     h = hashlib.sha256()
     h.update(str(arrays.images.shape).encode())
     h.update(np.ascontiguousarray(arrays.images, dtype=np.float32).tobytes())
@@ -81,6 +82,7 @@ def _checksum(arrays: _SourceArrays) -> str:
 
 
 def _cache_path(cache_dir: Path, layout: _Layout, key: Mapping[str, Any]) -> Path:
+    """``cache_dir/omniglot-<source name>-<20 hex digits of the key's SHA-256>.npz``."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", layout.path.name.removesuffix(".zip")) or "source"
     return cache_dir / f"omniglot-{stem}-{digest}.npz"
@@ -109,7 +111,8 @@ def _read_cache(path: Path, key: Mapping[str, Any]) -> _SourceArrays:
 
 
 def _write_cache(path: Path, key: Mapping[str, Any], arrays: _SourceArrays) -> None:
-    """Write atomically (:func:`tinymeta.io.atomic_write`)."""
+    """Write ``arrays`` with ``key`` and their checksum to ``path``, atomically
+    (:func:`tinymeta.io.atomic_write`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = json.dumps({"key": key, "checksum": _checksum(arrays)}, sort_keys=True)
     with atomic_write(path, binary=True) as f:

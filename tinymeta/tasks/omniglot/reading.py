@@ -156,6 +156,7 @@ def _split_parts(parts: Sequence[str]) -> tuple[str, str] | None:
 
 
 def _layout_error(path: Path) -> ValueError:
+    """The error for a source without Omniglot's layout, stating the layout expected."""
     return ValueError(
         f"{path}: no Omniglot images found (expected <Alphabet>/character<NN>/*.png, "
         "optionally under one split folder; pass the .zip files or the unpacked folders)"
@@ -163,6 +164,12 @@ def _layout_error(path: Path) -> ValueError:
 
 
 def _scan(path: Path) -> _Layout:
+    """The Omniglot PNG files of a folder or zip file, grouped by (alphabet, character).
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when it is neither a readable zip nor holds the Omniglot layout.
+    """
     chars: dict[tuple[str, str], list[str]] = {}
     if path.is_dir():
         kind = "dir"
@@ -195,12 +202,21 @@ def _scan(path: Path) -> _Layout:
 
 @dataclass(frozen=True)
 class _SourceArrays:
+    """The decoded, preprocessed images of one source with their names."""
+
     images: np.ndarray  # (C, D, size, size) float32
     characters: list[tuple[str, str]]
     files: np.ndarray  # (C, D) str: the file names (without folders)
 
 
 def _decode_layout(layout: _Layout, center: bool, size: int) -> _SourceArrays:
+    """Decode and :func:`preprocess` every PNG of ``layout``: one row of images per character.
+
+    Raises:
+        ValueError: naming the file when a zip member cannot be read or a PNG cannot be
+            decoded or is not 105x105, or the character when characters have different
+            numbers of drawings.
+    """
     counts = {len(v) for v in layout.characters.values()}
     if len(counts) != 1:
         first = next(iter(layout.characters.values()))

@@ -24,6 +24,7 @@ from .reading import IMAGE_SIZE, PathLike
 
 
 def _make_rng(seed: int | None, rng: np.random.Generator | None) -> np.random.Generator:
+    """``rng`` when given, else a new Generator from ``seed``; both given is an error."""
     if rng is not None and seed is not None:
         raise ValueError("give seed or rng, not both")
     return rng if rng is not None else np.random.default_rng(seed)
@@ -92,6 +93,7 @@ class Omniglot:
         files: np.ndarray | None,
         rotations: Sequence[int],
     ) -> None:
+        """Check and store the images, their names and files and the rotation classes."""
         images = np.ascontiguousarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[2] != images.shape[3]:
             raise ValueError(f"images must be (C, D, S, S), got {images.shape}")
@@ -131,6 +133,7 @@ class Omniglot:
         return obj
 
     def _view(self, rows: np.ndarray, rotations: Sequence[int] | None = None) -> Omniglot:
+        """A data set of the characters ``rows`` (default: the same rotations)."""
         obj = Omniglot.from_arrays(
             self.images[rows],
             [self.characters[i] for i in rows],
@@ -353,7 +356,8 @@ def _augment_images(
     max_shear: float = 0.1,
     max_rotation: float = 0.0,
 ) -> np.ndarray:
-    """:func:`augment`, with ``part_of`` for the tasks that one MPI rank keeps.
+    """Random small affine distortions (:func:`augment`), with ``part_of`` for the tasks
+    that one MPI rank keeps.
 
     ``part_of = (m, start)``: ``images`` are the flattened images start … start + len − 1
     of m; the distortions are drawn for all m, so that ``rng`` advances as for the whole
