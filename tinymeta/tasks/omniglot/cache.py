@@ -82,7 +82,9 @@ def _checksum(arrays: _SourceArrays) -> str:
 
 
 def _cache_path(cache_dir: Path, layout: _Layout, key: Mapping[str, Any]) -> Path:
-    """``cache_dir/omniglot-<source name>-<20 hex digits of the key's SHA-256>.npz``."""
+    """``cache_dir/omniglot-<stem>-<digest>.npz``: the source's name without ``.zip`` (other
+    characters than ``A-Za-z0-9_.-`` as ``_``) and the first 20 hex digits of the key's
+    SHA-256."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", layout.path.name.removesuffix(".zip")) or "source"
     return cache_dir / f"omniglot-{stem}-{digest}.npz"

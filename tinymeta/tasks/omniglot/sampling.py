@@ -133,7 +133,7 @@ class Omniglot:
         return obj
 
     def _view(self, rows: np.ndarray, rotations: Sequence[int] | None = None) -> Omniglot:
-        """A data set of the characters ``rows`` (default: the same rotations)."""
+        """A data set of the characters at ``rows``, with ``rotations`` (default: these)."""
         obj = Omniglot.from_arrays(
             self.images[rows],
             [self.characters[i] for i in rows],
