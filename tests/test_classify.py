@@ -1,4 +1,4 @@
-"""Omniglot meta-training, validation, early stopping, resume and eval (tinymeta.classify),
+"""Omniglot meta-training, validation, early stopping, resume and eval (tinymeta.runs),
 on a small synthetic data set in the Omniglot layout that the tests write themselves, plus
 checks on the real background splits when they are present."""
 
@@ -17,10 +17,18 @@ pytest.importorskip("PIL", reason='Pillow is needed to decode PNGs: pip install 
 from PIL import Image, ImageDraw  # noqa: E402
 
 import tinymeta as tm  # noqa: E402
-from tinymeta import classify, io  # noqa: E402
+import tinymeta.runs.evaluation as evaluate_mod  # noqa: E402
+from tinymeta import io, runs  # noqa: E402
 from tinymeta.cli import main  # noqa: E402
+from tinymeta.runs import RunConfig, RunFolder, TrainingError, meta_gradient  # noqa: E402
+from tinymeta.runs.omniglot import (  # noqa: E402
+    OmniglotSetup,
+    default_data,
+    load_splits,
+    split_names,
+)
+from tinymeta.runs.setup import to_backend  # noqa: E402
 from tinymeta.tasks.base import TaskBatch  # noqa: E402
-from tinymeta.train import TrainingError  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
 SMALL = [DATA / "images_background_small1.zip", DATA / "images_background_small2.zip"]
@@ -73,27 +81,38 @@ def cache_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TINYMETA_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-def tiny(data_zip: str, **kw) -> classify.ClassifyConfig:
+def tiny(data_zip: str, **kw) -> RunConfig:
     """A config small enough to train in a second: 3-way 1-shot, hidden 8,8."""
     base = dict(data=(data_zip,), ways=3, shots=1, query=2, hidden=(8, 8), meta_batch=2,
                 inner_steps=1, iterations=6, eval_every=2, val_tasks=4, log_every=2,
                 checkpoint_every=3, val_alphabets=("Beta",), dtype="float64")
     base.update(kw)
-    return classify.ClassifyConfig(**base)
+    return RunConfig.create(task="omniglot", **base)
+
+
+def step_fn(cfg: RunConfig, mask=None):
+    """(θ, batch) ↦ (meta-gradient, info), as the training loop takes it."""
+    setup = OmniglotSetup(cfg)
+
+    def step(theta, batch):
+        g, info = meta_gradient(cfg, setup, mask, {"theta": theta}, batch)
+        return g["theta"], info
+
+    return step
 
 
 # ---- settings -----------------------------------------------------------------------------
 
 
 def test_split_names_takes_commas_and_repeats():
-    assert classify.split_names(["a,b", " c "]) == ("a", "b", "c")
-    assert classify.split_names("x") == ("x",)
-    assert classify.split_names(None) == ()
+    assert split_names(["a,b", " c "]) == ("a", "b", "c")
+    assert split_names("x") == ("x",)
+    assert split_names(None) == ()
 
 
 def test_bn_adapt_defaults_and_refusals(data_zip):
-    assert tiny(data_zip).resolved().bn_adapt is False  # Finn et al.: BN held out
-    assert tiny(data_zip, algo="reptile").resolved().bn_adapt is True
+    assert tiny(data_zip).resolved().options.bn_adapt is False  # Finn et al.: BN held out
+    assert tiny(data_zip, algo="reptile").resolved().options.bn_adapt is True
     with pytest.raises(ValueError, match="adapts every parameter"):
         tiny(data_zip, algo="imaml", bn_adapt=False).resolved().validate()
     with pytest.raises(ValueError, match="not available for omniglot"):
@@ -110,17 +129,17 @@ def test_reptile_query_trains_on_support_and_query(data_zip):
     cfg = tiny(data_zip, algo="reptile", reptile_query=True, inner_steps=2,
                dtype="float64").resolved()
     cfg.validate()
-    train, _, _ = classify.load_splits(cfg)
-    params = classify.init_params(cfg)
-    batch = classify.to_backend(train.sample(2, 3, 1, 2, seed=0))
-    g, _ = classify.make_step(cfg, None)(params, batch)
+    train, _, _ = load_splits(cfg.options)
+    params = OmniglotSetup(cfg).init_params()
+    batch = to_backend(train.sample(2, 3, 1, 2, seed=0))
+    g, _ = step_fn(cfg)(params, batch)
     pooled = TaskBatch(np.concatenate([batch.support_x, batch.query_x], axis=1),
                        np.concatenate([batch.support_y, batch.query_y], axis=1),
                        batch.query_x, batch.query_y)
-    want, _ = tm.meta.reptile(classify.loss_fn, params, pooled, cfg.inner_lr, 2)
+    want, _ = tm.meta.reptile(OmniglotSetup.loss_fn, params, pooled, cfg.inner_lr, 2)
     for a, b in zip(tm.tree_leaves(g), tm.tree_leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
-    plain, _ = tm.meta.reptile(classify.loss_fn, params, batch, cfg.inner_lr, 2)
+    plain, _ = tm.meta.reptile(OmniglotSetup.loss_fn, params, batch, cfg.inner_lr, 2)
     assert not np.allclose(tm.tree_leaves(g)[0], tm.tree_leaves(plain)[0])
     # --reptile-batch: blocks of the pooled images (3 classes × (1 + 2) images = 9 per task)
     with pytest.raises(ValueError, match="--reptile-batch must be in 1..9"):
@@ -130,15 +149,15 @@ def test_reptile_query_trains_on_support_and_query(data_zip):
         tiny(data_zip, algo="fomaml", reptile_batch=3).resolved().validate()
     cfg3 = tiny(data_zip, algo="reptile", reptile_query=True, reptile_batch=3, inner_steps=2,
                 dtype="float64").resolved()
-    g3, _ = classify.make_step(cfg3, None)(params, batch)
-    want3, _ = tm.meta.reptile(classify.loss_fn, params, pooled, cfg.inner_lr, 2,
+    g3, _ = step_fn(cfg3)(params, batch)
+    want3, _ = tm.meta.reptile(OmniglotSetup.loss_fn, params, pooled, cfg.inner_lr, 2,
                                inner_batch=3)
     for a, b in zip(tm.tree_leaves(g3), tm.tree_leaves(want3)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
 def test_splits_are_disjoint_by_alphabet(data_zip):
-    train, val, test = classify.load_splits(tiny(data_zip, test_alphabets=("Gamma",)).resolved())
+    train, val, test = load_splits(tiny(data_zip, test_alphabets=("Gamma",)).resolved().options)
     assert train.alphabets == ["Alpha"] and val.alphabets == ["Beta"]
     assert test.alphabets == ["Gamma"]
     assert train.num_classes == 3 * 4  # rotations are classes of their own
@@ -146,7 +165,7 @@ def test_splits_are_disjoint_by_alphabet(data_zip):
 
 def test_too_few_classes_is_an_error(data_zip):
     with pytest.raises(ValueError, match="fewer than 9-way"):
-        classify.load_splits(tiny(data_zip, ways=9).resolved())
+        load_splits(tiny(data_zip, ways=9).resolved().options)
 
 
 # ---- the pieces ---------------------------------------------------------------------------
@@ -154,34 +173,36 @@ def test_too_few_classes_is_an_error(data_zip):
 
 def test_task_accuracies_hard_coded():
     """With all-zero output weights every logit ties, argmax says class 0: accuracy 1/N."""
-    params = classify.init_params(classify.ClassifyConfig(ways=4, hidden=(5,), dtype="float64"))
+    cfg = RunConfig.create(task="omniglot", ways=4, hidden=(5,), dtype="float64").resolved()
+    setup = OmniglotSetup(cfg)
+    params = setup.init_params()
     params[-1]["W"] = np.zeros_like(params[-1]["W"])
     params[-1]["b"] = np.zeros_like(params[-1]["b"])
     rng = np.random.default_rng(0)
     y = np.tile(np.arange(4), (3, 2))
     batch = TaskBatch(rng.random((3, 8, 784)), y, rng.random((3, 8, 784)), y)
-    acc = classify.task_accuracies(params, batch, 0.1, [0], chunk=2)
+    acc = evaluate_mod.scores_by_step(setup, params, batch, 0.1, [0], chunk=2)
     np.testing.assert_array_equal(acc[0], [0.25, 0.25, 0.25])
 
 
 def test_accuracy_summary_interval():
-    s = classify.accuracy_summary(np.array([1.0, 0.5, 0.5, 0.0]))
+    cfg = RunConfig.create(task="omniglot").resolved()
+    s = OmniglotSetup(cfg).summary(np.array([1.0, 0.5, 0.5, 0.0]))
     assert s["mean"] == pytest.approx(50.0)
     assert s["ci95"] == pytest.approx(1.96 * np.std([100, 50, 50, 0], ddof=1) / 2)
 
 
-@pytest.mark.parametrize("algo", classify.ALGOS)
+@pytest.mark.parametrize("algo", OmniglotSetup.algos)
 def test_compiled_step_is_bitwise_eager(data_zip, algo):
     cfg = tiny(data_zip, algo=algo, inner_steps=2, cg_steps=2).resolved()
-    train, _, _ = classify.load_splits(cfg)
-    params = classify.init_params(cfg)
-    mask = classify.adapt_mask(cfg, params)
-    eager = classify.make_step(cfg, mask)
-    compiled = classify.make_step(classify.ClassifyConfig(**{**cfg.__dict__, "compile": True}),
-                                  mask)
+    train, _, _ = load_splits(cfg.options)
+    params = OmniglotSetup(cfg).init_params()
+    mask = OmniglotSetup(cfg).adapt_mask(params)
+    eager = step_fn(cfg, mask)
+    compiled = tm.compile(step_fn(cfg, mask))
     with tm.set_backend("numpy"):
         for seed in (0, 1):  # the second call replays the recorded tape
-            batch = classify.to_backend(train.sample(2, 3, 1, 2, seed=seed))
+            batch = to_backend(train.sample(2, 3, 1, 2, seed=seed))
             g1, i1 = eager(params, batch)
             g2, i2 = compiled(params, batch)
             for a, b in zip(tm.tree_leaves(g1), tm.tree_leaves(g2)):
@@ -194,7 +215,7 @@ def test_compiled_step_is_bitwise_eager(data_zip, algo):
 
 def test_train_writes_a_run_and_chooses_on_validation(data_zip, tmp_path):
     out = str(tmp_path / "run")
-    result = classify.train(tiny(data_zip), out, progress=False)
+    result = runs.train(tiny(data_zip), out, progress=False)
     for name in ("config.json", "train.jsonl", "val.jsonl", "checkpoint.npz", "best.npz",
                  "params.npz", "result.json"):
         assert (tmp_path / "run" / name).exists(), name
@@ -215,7 +236,7 @@ def test_early_stopping(data_zip, tmp_path):
     """A vanishing outer lr keeps validation flat: with patience 2 the run stops at the third
     validation and keeps the first."""
     cfg = tiny(data_zip, outer_lr=1e-30, patience=2, iterations=40, log_every=4)
-    result = classify.train(cfg, str(tmp_path / "run"), progress=False)
+    result = runs.train(cfg, str(tmp_path / "run"), progress=False)
     assert result["stopped_early"] and result["iteration"] == 6
     assert result["best_iteration"] == 2
     # the steps after the last regular log line (4) are logged at the stop, so the time per
@@ -229,10 +250,10 @@ def test_early_stopping(data_zip, tmp_path):
 
 def test_resume_is_bit_for_bit(data_zip, tmp_path):
     cfg = tiny(data_zip, augment=True, iterations=8)
-    classify.train(cfg, str(tmp_path / "a"), progress=False)
-    partial = classify.train(cfg, str(tmp_path / "b"), progress=False, stop_after=5)
+    runs.train(cfg, str(tmp_path / "a"), progress=False)
+    partial = runs.train(cfg, str(tmp_path / "b"), progress=False, stop_after=5)
     assert not partial["finished"]
-    classify.train(cfg, str(tmp_path / "b"), resume=True, progress=False)
+    runs.train(cfg, str(tmp_path / "b"), resume=True, progress=False)
     for name in ("params.npz", "best.npz"):
         for a, b in zip(tm.tree_leaves(io.load(tmp_path / "a" / name)),
                         tm.tree_leaves(io.load(tmp_path / "b" / name))):
@@ -247,9 +268,9 @@ def test_resume_is_bit_for_bit(data_zip, tmp_path):
 
 
 def test_an_existing_run_is_not_overwritten(data_zip, tmp_path):
-    classify.train(tiny(data_zip, iterations=2), str(tmp_path), progress=False)
+    runs.train(tiny(data_zip, iterations=2), str(tmp_path), progress=False)
     with pytest.raises(TrainingError, match="already holds a run"):
-        classify.train(tiny(data_zip, iterations=2), str(tmp_path), progress=False)
+        runs.train(tiny(data_zip, iterations=2), str(tmp_path), progress=False)
 
 
 # ---- the command line ---------------------------------------------------------------------
@@ -264,8 +285,9 @@ def test_cli_train_eval(data_zip, tmp_path, capsys):
                "--compile", "--no-progress", "--out", out])
     assert rc == 0
     assert "chosen on validation" in capsys.readouterr().out
-    cfg = classify.load_config(out)
-    assert cfg.bn_adapt is True and cfg.compile is True and cfg.test_alphabets == ("Gamma",)
+    cfg = RunFolder(out).read_config()
+    assert cfg.options.bn_adapt is True and cfg.compile is True
+    assert cfg.options.test_alphabets == ("Gamma",)
     rc = main(["eval", out, "--tasks", "30"])
     text = capsys.readouterr().out
     assert rc == 0
@@ -279,32 +301,32 @@ def test_cli_train_eval(data_zip, tmp_path, capsys):
     assert report["params_sha256"] == hashlib.sha256(params).hexdigest()
     # the step count for the runs is chosen on the validation alphabets, never on the test's
     with pytest.raises(ValueError, match="not the runs' setting on the validation alphabets"):
-        classify.validation_steps(out)
+        runs.validation_steps(out)
     assert main(["eval", out, "--tasks", "30", "--alphabets", "Beta", "--steps", "0,1,2"]) == 0
     with pytest.raises(ValueError, match=r"'query': 2.*--alphabets Beta --query 1` first"):
-        classify.validation_steps(out)  # 2 query images per class: not the runs' setting
+        runs.validation_steps(out)  # 2 query images per class: not the runs' setting
     assert main(["eval", out, "--tasks", "30", "--alphabets", "Beta", "--steps", "0,1,2",
                  "--query", "1"]) == 0
     capsys.readouterr()
     acc = json.loads((tmp_path / "run" / "eval.json").read_text())["accuracy"]
     top = max(a["mean"] for a in acc.values())
-    assert classify.validation_steps(out)[0] == min(int(t) for t, a in acc.items()
+    assert runs.validation_steps(out)[0] == min(int(t) for t, a in acc.items()
                                                     if a["mean"] == top)
 
 
 def test_evaluate_refuses_params_rewritten_while_it_ran(data_zip, tmp_path, monkeypatch):
     out = str(tmp_path / "run")
-    classify.train(tiny(data_zip, iterations=2), out, progress=False)
-    real = classify.task_accuracies
+    runs.train(tiny(data_zip, iterations=2), out, progress=False)
+    real = evaluate_mod.scores_by_step
 
-    def and_rewrite(theta, *args, **kw):  # as a run still training would
-        acc = real(theta, *args, **kw)
+    def and_rewrite(setup, theta, *args, **kw):  # as a run still training would
+        acc = real(setup, theta, *args, **kw)
         io.save(os.path.join(out, "params.npz"), tm.tree_map(lambda p: p + 1.0, theta))
         return acc
 
-    monkeypatch.setattr(classify, "task_accuracies", and_rewrite)
+    monkeypatch.setattr(evaluate_mod, "scores_by_step", and_rewrite)
     with pytest.raises(TrainingError, match="changed while it was evaluated"):
-        classify.evaluate(out, tasks=3, steps=[1])
+        runs.evaluate(out, tasks=3, steps=[1])
     assert not os.path.exists(os.path.join(out, "eval.json"))
 
 
@@ -312,14 +334,14 @@ def test_a_best_npz_of_another_iteration_is_refused(data_zip, tmp_path):
     """best.npz written after the checkpoint (a crash between the two), then a resume whose
     validations do not rewrite it: its params are not those validation chose."""
     out = str(tmp_path / "run")
-    result = classify.train(tiny(data_zip, iterations=4, patience=0), out, progress=False)
+    result = runs.train(tiny(data_zip, iterations=4, patience=0), out, progress=False)
     best = os.path.join(out, "best.npz")
     theta, meta_best = io.load(best, with_metadata=True)
     assert meta_best["iteration"] == result["best_iteration"]
     io.save(best, theta, metadata={**meta_best, "iteration": 3})
     with pytest.raises(TrainingError, match="best.npz holds the params of iteration 3, but "
                        f"validation chose iteration {result['best_iteration']}"):
-        classify.train(tiny(data_zip, iterations=4, patience=0), out, resume=True,
+        runs.train(tiny(data_zip, iterations=4, patience=0), out, resume=True,
                        progress=False)
 
 
@@ -346,8 +368,8 @@ def test_cli_resume_keeps_settings(data_zip, tmp_path, capsys):
 
 @needs_data
 def test_real_splits_hold_out_the_validation_alphabets():
-    cfg = classify.ClassifyConfig(data=tuple(map(str, SMALL))).resolved()
-    train, val, test = classify.load_splits(cfg)
+    cfg = RunConfig.create(task="omniglot", data=tuple(map(str, SMALL))).resolved()
+    train, val, test = load_splits(cfg.options)
     assert test is None
     assert val.alphabets == ["Tagalog"] and val.num_characters == 17
     assert "Tagalog" not in train.alphabets
@@ -356,4 +378,4 @@ def test_real_splits_hold_out_the_validation_alphabets():
 
 @needs_data
 def test_default_data_finds_the_two_small_splits():
-    assert [Path(p).name for p in classify.default_data()] == [p.name for p in SMALL]
+    assert [Path(p).name for p in default_data()] == [p.name for p in SMALL]

@@ -191,15 +191,16 @@ def test_a_meta_batch_that_does_not_split_is_one_clear_error(data_zip, env, tmp_
 # reads it SLOW seconds long (a cold cache), longer than --mpi-timeout
 ONE_RANK_FAILS = """
 import os, sys, time
-from tinymeta import classify, distributed
+from tinymeta import distributed
 from tinymeta.cli import main
-real = classify.load_splits
-def load_splits(cfg):
+from tinymeta.runs import omniglot
+real = omniglot.load_splits
+def load_splits(opts):
     if distributed.launcher_env()[0] == 1:
         raise FileNotFoundError("images_background.zip is not on this host (rank 1 only)")
     time.sleep(float(os.environ.get("SLOW", "0")))
-    return real(cfg)
-classify.load_splits = load_splits
+    return real(opts)
+omniglot.load_splits = load_splits
 sys.exit(main(sys.argv[1:]))
 """
 

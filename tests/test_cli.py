@@ -10,9 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-import tinymeta.train as train_mod
-from tinymeta import cli, io
-from tinymeta.train import TrainConfig, evaluate, train
+import tinymeta.runs.loop as loop_mod
+from tinymeta import cli, io, runs
+from tinymeta.runs import RunConfig, evaluate, train
+from tinymeta.runs.setup import summarize
 from tinymeta.tree import tree_leaves
 
 SMALL = ["--meta-batch", "5", "--shots", "5", "--hidden", "16,16", "--no-progress"]
@@ -35,7 +36,7 @@ def numpy_backend():
 def test_maml_learns_to_adapt_and_beats_the_pretrained_baseline(tmp_path):
     results = {}
     for algo in ("maml", "pretrain"):
-        cfg = TrainConfig(algo=algo, shots=10, iterations=1000, seed=0, log_every=500)
+        cfg = RunConfig(algo=algo, shots=10, iterations=1000, seed=0, log_every=500)
         train(cfg, str(tmp_path / algo), progress=False)
         report = evaluate(str(tmp_path / algo), tasks=200, steps=[0, 1], eval_seed=7)
         results[algo] = {int(k): v["mean"] for k, v in report["mse"].items()}
@@ -103,17 +104,17 @@ def test_bad_arguments_give_one_line_and_nonzero_exit(args):
 
 
 def test_nonfinite_meta_gradient_stops_naming_the_iteration(tmp_path, capsys, monkeypatch):
-    real = train_mod.meta_gradient
+    real = loop_mod.meta_gradient
     calls = {"n": 0}
 
-    def poisoned(cfg, setup, model, batch):
+    def poisoned(cfg, setup, mask, model, batch):
         calls["n"] += 1
-        g, info = real(cfg, setup, model, batch)
+        g, info = real(cfg, setup, mask, model, batch)
         if calls["n"] == 3:
             g = {"theta": [np.full_like(a, np.nan) for a in g["theta"]]}
         return g, info
 
-    monkeypatch.setattr(train_mod, "meta_gradient", poisoned)
+    monkeypatch.setattr(loop_mod, "meta_gradient", poisoned)
     code, _, err = run_cli(["train", *SMALL, "--iterations", "6", "--out",
                             str(tmp_path / "a")], capsys)
     assert code == 1 and "iteration 3" in err and "--skip-nonfinite" in err
@@ -141,17 +142,17 @@ def test_eval_writes_eval_json_and_prints_a_table(tmp_path, capsys):
 
 
 def test_summarize_counts_bad_tasks():
-    s = train_mod.summarize(np.array([1.0, 2.0, 3.0, 500.0]))
+    s = summarize(np.array([1.0, 2.0, 3.0, 500.0]))
     assert s["n_bad"] == 1 and s["median"] == 2.5
     assert s["ci95"] == pytest.approx(1.96 * np.std([1, 2, 3, 500], ddof=1) / 2)
-    s = train_mod.summarize(np.array([1.0, np.nan, 2.0]))
+    s = summarize(np.array([1.0, np.nan, 2.0]))
     assert s["n_bad"] == 1 and s["mean"] is None and s["median"] == 2.0
-    assert train_mod.parse_steps("0..3") == [0, 1, 2, 3]
-    assert train_mod.parse_steps("5,1") == [1, 5]
+    assert runs.parse_steps("0..3") == [0, 1, 2, 3]
+    assert runs.parse_steps("5,1") == [1, 5]
 
 
 def test_every_algorithm_trains_a_few_steps(tmp_path, capsys):
-    for algo in train_mod.ALGOS:
+    for algo in runs.ALGOS:
         out = str(tmp_path / algo)
         code, text, err = run_cli(["train", *SMALL, "--algo", algo, "--iterations", "2",
                                    "--out", out], capsys)

@@ -1,5 +1,5 @@
 """``tinymeta eval-runs``: a model on Lake et al.'s 20-way one-shot runs beside the MHD
-baseline (tinymeta.classify.eval_runs), on hand-written runs and on the real ten runs."""
+baseline (tinymeta.runs.eval_runs), on hand-written runs and on the real ten runs."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ pytest.importorskip("PIL", reason='Pillow is needed to decode PNGs: pip install 
 from PIL import Image, ImageDraw  # noqa: E402
 
 import tinymeta as tm  # noqa: E402
-from tinymeta import classify, io, nn  # noqa: E402
+from tinymeta import io, nn, runs  # noqa: E402
 from tinymeta.cli import main  # noqa: E402
+from tinymeta.runs import RunConfig, RunFolder  # noqa: E402
+from tinymeta.runs.folder import write_json  # noqa: E402
+from tinymeta.runs.omniglot import OmniglotSetup  # noqa: E402
 from tinymeta.tasks.oneshot_runs import load_runs  # noqa: E402
-from tinymeta.train import write_json  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
 RUNS_ZIP = DATA / "one_shot_runs_01-10.zip"
@@ -58,11 +60,11 @@ def runs_dir(tmp_path_factory) -> Path:
 
 def make_model(folder: Path, ways: int = 20, bn_adapt: bool = False, seed: int = 0) -> str:
     """A run folder by hand: config.json and params.npz of a random BN MLP."""
-    cfg = classify.ClassifyConfig(ways=ways, hidden=(16, 8), inner_steps=3, inner_lr=0.5,
-                                  bn_adapt=bn_adapt, seed=seed, dtype="float64")
+    cfg = RunConfig.create(task="omniglot", ways=ways, hidden=(16, 8), inner_steps=3,
+                           inner_lr=0.5, bn_adapt=bn_adapt, seed=seed, dtype="float64")
     folder.mkdir(parents=True)
     write_json(str(folder / "config.json"), cfg.to_json())
-    params = classify.init_params(cfg)
+    params = OmniglotSetup(cfg.resolved()).init_params()
     rng = np.random.default_rng(seed)
     params = tm.tree_map(lambda p: p + 0.2 * rng.normal(size=p.shape), params)
     io.save(folder / "params.npz", params)
@@ -73,7 +75,8 @@ def reference_errors(model: str, runs_dir: Path, steps: int | None = None) -> di
     """Per-run error of the model by a hand-written loop: plain gradient steps on the 20
     training images (BN over them; held-out leaves untouched), then one pass over the 20
     test items with their own statistics."""
-    cfg, theta = classify.load_model(model)
+    cfg, trained = runs.load_model(model)
+    theta = trained["theta"]
     steps = cfg.inner_steps if steps is None else steps
     out = {}
     for run in load_runs(runs_dir):
@@ -83,12 +86,12 @@ def reference_errors(model: str, runs_dir: Path, steps: int | None = None) -> di
         params = tm.tree_map(lambda p: p[None], theta)
 
         def support_sum(p, sx=sx, sy=sy):
-            return tm.sum(classify.loss_fn(p, sx, sy))
+            return tm.sum(OmniglotSetup.loss_fn(p, sx, sy))
 
         for _ in range(steps):
             g = tm.grad(support_sum)(params)
             params = [{k: (v - cfg.inner_lr * g[i][k]
-                           if k in ("W", "b") or cfg.bn_adapt else v)
+                           if k in ("W", "b") or cfg.options.bn_adapt else v)
                        for k, v in layer.items()} for i, layer in enumerate(params)]
         pred = np.argmax(np.asarray(nn.bn_mlp(params, qx))[0], axis=-1)
         out[run.name] = 100.0 * np.mean(pred != run.answers)
@@ -98,7 +101,7 @@ def reference_errors(model: str, runs_dir: Path, steps: int | None = None) -> di
 @pytest.mark.parametrize("bn_adapt", [False, True])
 def test_model_errors_match_a_hand_written_reference(tmp_path, runs_dir, bn_adapt):
     model = make_model(tmp_path / "m", bn_adapt=bn_adapt)
-    result = classify.eval_runs(str(runs_dir), model)
+    result = runs.eval_runs(str(runs_dir), model)
     assert result["steps"] == 3
     want = reference_errors(model, runs_dir)
     assert result["model"] == pytest.approx(want)
@@ -153,11 +156,11 @@ def write_val_report(model: str, means: dict[int, float], alphabets=None, sha=No
     """An eval.json by hand: the accuracy per step count on the run's validation alphabets
     in the runs' setting (1 shot, 1 query image per class, the training α; ``setting``
     overrides), and the SHA-256 of its params.npz (hashlib over the file's bytes)."""
-    cfg = classify.load_config(model)
+    cfg = RunFolder(model).read_config().resolved()
     digest = hashlib.sha256(Path(model, "params.npz").read_bytes()).hexdigest()
     report = {"accuracy": {str(t): {"mean": m, "ci95": 1.0, "tasks": 600}
                            for t, m in means.items()},
-              "alphabets": list(cfg.val_alphabets if alphabets is None else alphabets),
+              "alphabets": list(cfg.options.val_alphabets if alphabets is None else alphabets),
               "tasks": 600, "eval_seed": 1000, "ways": 20, "shots": 1, "query": 1,
               "inner_lr": cfg.inner_lr, "params_sha256": digest if sha is None else sha}
     report.update(setting)
@@ -170,7 +173,7 @@ def test_steps_val_adapts_with_the_validation_argmax(tmp_path, runs_dir, capsys)
     model = make_model(tmp_path / "m")
     # 2 and 4 tie at the top: the fewer steps win; 1 and 6 are lower
     write_val_report(model, {1: 60.0, 2: 72.5, 4: 72.5, 6: 71.0})
-    result = classify.eval_runs(str(runs_dir), model, steps="val")
+    result = runs.eval_runs(str(runs_dir), model, steps="val")
     assert result["steps"] == 2
     assert result["model"] == pytest.approx(reference_errors(model, runs_dir, steps=2))
     assert result["steps_chosen_on"]["accuracy"] == 72.5
@@ -184,27 +187,28 @@ def test_steps_val_adapts_with_the_validation_argmax(tmp_path, runs_dir, capsys)
 def test_steps_val_refuses_what_is_not_this_models_validation(tmp_path, runs_dir, capsys):
     model = make_model(tmp_path / "m")
     with pytest.raises(ValueError, match="eval.json does not exist"):
-        classify.eval_runs(str(runs_dir), model, steps="val")
+        runs.eval_runs(str(runs_dir), model, steps="val")
     write_val_report(model, {1: 60.0, 2: 70.0}, alphabets=["Early_Aramaic"])
     with pytest.raises(ValueError, match="not the runs' setting on the validation alphabets"):
-        classify.eval_runs(str(runs_dir), model, steps="val")
+        runs.eval_runs(str(runs_dir), model, steps="val")
     for setting in ({"shots": 5}, {"query": 3}, {"inner_lr": 0.05}):
         write_val_report(model, {1: 60.0, 2: 70.0}, **setting)
         with pytest.raises(ValueError, match="not the runs' setting"):
-            classify.eval_runs(str(runs_dir), model, steps="val")
+            runs.eval_runs(str(runs_dir), model, steps="val")
     write_val_report(model, {1: 60.0, 2: 70.0}, sha="0" * 64)
     with pytest.raises(ValueError, match="made for other params"):
-        classify.eval_runs(str(runs_dir), model, steps="val")
+        runs.eval_runs(str(runs_dir), model, steps="val")
     write_val_report(model, {1: 60.0, 2: 70.0}, sha="absent")
     with pytest.raises(ValueError, match="predates the params check"):
-        classify.eval_runs(str(runs_dir), model, steps="val")
+        runs.eval_runs(str(runs_dir), model, steps="val")
     Path(model, "eval.json").write_text('{"accuracy": {"five": {"mean": 1}}}')
     with pytest.raises(ValueError, match="cannot read .*eval.json .*--alphabets Tagalog"):
-        classify.eval_runs(str(runs_dir), model, steps="val")
+        runs.eval_runs(str(runs_dir), model, steps="val")
     with pytest.raises(ValueError, match="needs a model"):
-        classify.eval_runs(str(runs_dir), None, steps="val")
+        runs.eval_runs(str(runs_dir), None, steps="val")
     write_val_report(model, {1: 60.0, 2: 70.0})
-    io.save(Path(model, "params.npz"), classify.init_params(classify.load_config(model)))
+    io.save(Path(model, "params.npz"),
+            OmniglotSetup(RunFolder(model).read_config().resolved()).init_params())
     assert main(["eval-runs", "--runs", str(runs_dir), "--model", model, "--steps", "val"]) == 1
     err = capsys.readouterr().err
     assert "made for other params" in err and "Traceback" not in err

@@ -106,7 +106,7 @@ ALGOS = ["maml", "maml-chain", "fomaml", "reptile", "imaml", "metasgd", "pretrai
 GRADIENT_WORKER = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from tinymeta import distributed, io, train as T
+    from tinymeta import distributed, io, runs
     from tinymeta.tree import tree_map
 
     out, algos, B = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
@@ -114,13 +114,13 @@ GRADIENT_WORKER = textwrap.dedent("""
     assert w.size == 2, w
     results = {}
     for algo in algos:
-        cfg = T.TrainConfig(algo=algo, dtype="float64", shots=5, query=7, hidden=(8, 8),
-                            meta_batch=B).resolved()
-        setup = T.TASKS[cfg.task](cfg)
-        model = T.initial_model(cfg, setup)
+        cfg = runs.RunConfig(algo=algo, dtype="float64", shots=5, query=7, hidden=(8, 8),
+                             meta_batch=B).resolved()
+        setup = runs.TASKS[cfg.task](cfg)
+        model = runs.initial_model(cfg, setup)
         batch = w.shard(setup.sample(np.random.default_rng(3), B, cfg.shots, cfg.query))
         assert batch.support_x.shape[0] == B // 2
-        g, info = T.meta_gradient(cfg, setup, model, batch)
+        g, info = runs.meta_gradient(cfg, setup, None, model, batch)
         g, info = w.allreduce_mean(g, info, 1, (model, None))
         results[algo] = {"g": g, "query_loss": info["query_loss"],
                          "support_loss": info["support_loss"], "loss": info["loss"]}
@@ -142,7 +142,7 @@ GRADIENT_WORKER = textwrap.dedent("""
 @needs_mpi
 def test_two_ranks_give_the_one_process_meta_gradient_and_catch_a_mismatch(tmp_path):
     import tinymeta as tm
-    import tinymeta.train as T
+    from tinymeta import runs
 
     B = 6
     worker = tmp_path / "worker.py"
@@ -152,12 +152,12 @@ def test_two_ranks_give_the_one_process_meta_gradient_and_catch_a_mismatch(tmp_p
     ranks = [io.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
     with tm.set_backend("numpy"):
         for algo in ALGOS:
-            cfg = T.TrainConfig(algo=algo, dtype="float64", shots=5, query=7, hidden=(8, 8),
-                                meta_batch=B).resolved()
-            setup = T.TASKS[cfg.task](cfg)
-            model = T.initial_model(cfg, setup)
+            cfg = runs.RunConfig(algo=algo, dtype="float64", shots=5, query=7,
+                                 hidden=(8, 8), meta_batch=B).resolved()
+            setup = runs.TASKS[cfg.task](cfg)
+            model = runs.initial_model(cfg, setup)
             batch = setup.sample(np.random.default_rng(3), B, cfg.shots, cfg.query)
-            g1, info1 = T.meta_gradient(cfg, setup, model, batch)
+            g1, info1 = runs.meta_gradient(cfg, setup, None, model, batch)
             for leaf0, leaf1, ref in zip(tree_leaves(ranks[0][algo]["g"]),
                                          tree_leaves(ranks[1][algo]["g"]), tree_leaves(g1)):
                 np.testing.assert_array_equal(leaf0, leaf1)  # the same mean on both ranks
@@ -176,13 +176,20 @@ def test_two_ranks_give_the_one_process_meta_gradient_and_catch_a_mismatch(tmp_p
 
 TRAIN_WORKER = textwrap.dedent("""
     import sys
-    from tinymeta import distributed, io, train as T
+    from tinymeta import distributed, io, runs
+    from tinymeta.runs.loop import Run
     out, algo = sys.argv[1], sys.argv[2]
     w = distributed.init(check_every=1)  # compare the ranks' state hashes at every step
-    cfg = T.TrainConfig(algo=algo, dtype="float64", shots=5, hidden=(16, 16), meta_batch=4,
-                        iterations=25, log_every=5, checkpoint_every=10, backend="numpy")
-    model = T.train(cfg, out, progress=False)
-    io.save(f"{out}/final_rank{w.rank}.npz", model)
+    cfg = runs.RunConfig(algo=algo, dtype="float64", shots=5, hidden=(16, 16), meta_batch=4,
+                         iterations=25, log_every=5, checkpoint_every=10, backend="numpy")
+    final = {}
+    real_finish = Run.finish
+    def finish(run):  # each rank's own final model (only rank 0 writes params.npz)
+        final["model"] = run.model
+        return real_finish(run)
+    Run.finish = finish
+    runs.train(cfg, out, progress=False)
+    io.save(f"{out}/final_rank{w.rank}.npz", final["model"])
     print("allreduce calls", w.allreduce_calls)
 """)
 
@@ -191,7 +198,7 @@ TRAIN_WORKER = textwrap.dedent("""
 @pytest.mark.parametrize("algo", ["maml", "metasgd"])
 def test_ranks_hold_identical_params_equal_to_one_process(tmp_path, algo):
     import tinymeta as tm
-    from tinymeta.train import TrainConfig, train
+    from tinymeta.runs import RunConfig, train
 
     worker = tmp_path / "worker.py"
     worker.write_text(TRAIN_WORKER)
@@ -203,14 +210,18 @@ def test_ranks_hold_identical_params_equal_to_one_process(tmp_path, algo):
     for a, b in zip(tree_leaves(m0), tree_leaves(m1)):
         np.testing.assert_array_equal(a, b)
     with tm.set_backend("numpy"):
-        cfg = TrainConfig(algo=algo, dtype="float64", shots=5, hidden=(16, 16), meta_batch=4,
-                          iterations=25, log_every=5, checkpoint_every=10, backend="numpy")
-        single = train(cfg, str(tmp_path / "one"), progress=False)
+        cfg = RunConfig(algo=algo, dtype="float64", shots=5, hidden=(16, 16), meta_batch=4,
+                        iterations=25, log_every=5, checkpoint_every=10, backend="numpy")
+        train(cfg, str(tmp_path / "one"), progress=False)
+        single = {"theta": io.load(tmp_path / "one" / "params.npz")}
+        if algo == "metasgd":
+            single["lrs"] = io.load(tmp_path / "one" / "lrs.npz")
     for a, b in zip(tree_leaves(m0), tree_leaves(single)):
         assert _rel(a, np.asarray(b)) <= 1e-11, _rel(a, np.asarray(b))
     # only rank 0 wrote the run folder, and its log holds the losses of all B tasks
     expected = {"checkpoint.npz", "config.json", "final_rank0.npz", "final_rank1.npz",
-                "params.npz", "train.jsonl"} | ({"lrs.npz"} if algo == "metasgd" else set())
+                "params.npz", "result.json", "train.jsonl"}
+    expected |= {"lrs.npz"} if algo == "metasgd" else set()
     assert set(os.listdir(out)) == expected
     mpi_log = [json.loads(x) for x in open(out / "train.jsonl")]
     one_log = [json.loads(x) for x in open(tmp_path / "one" / "train.jsonl")]

@@ -34,7 +34,10 @@ NumPy is imported, so that BLAS and numba do not fight over the cores.
 from __future__ import annotations
 
 import functools
+import os
 import statistics
+import subprocess
+import sys
 import timeit
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -176,3 +179,37 @@ def peak_gflops(n: int = 2048, dtype: Any = np.float32, repeat: int = 5,
     out = np.empty((n, n), dtype=np.result_type(a, b))
     t = measure(np.matmul, a, b, out=out, repeat=repeat, min_time=min_time)
     return gflops(gemm_flops(n, n, n), t.best)
+
+
+#: The benchmark suite of a checkout: ``tinymeta bench NAME`` runs ``benchmarks/FILE``.
+SUITES = {"engine": "engine.py", "kernels": "kernels.py", "e2e": "e2e.py"}
+
+
+def run_suites(names: list[str], out: str, quick: bool = False, root: str = ".") -> None:
+    """Run the benchmark scripts ``names`` of the checkout ``root``, JSON into ``out``.
+
+    One after another, each in a subprocess with ``OPENBLAS_NUM_THREADS=1`` unless set.
+
+    Raises:
+        ValueError: an unknown suite, or a root without the benchmark scripts.
+        RuntimeError: a benchmark that exited with a non-zero status.
+    """
+    bench_dir = os.path.join(root, "benchmarks")
+    for name in names:
+        if name not in SUITES:
+            raise ValueError(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
+        if not os.path.exists(os.path.join(bench_dir, SUITES[name])):
+            raise ValueError(f"no {os.path.join(bench_dir, SUITES[name])}: run tinymeta bench "
+                             "from a checkout of tinymeta (or pass --root)")
+    os.makedirs(out, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    for name in names:
+        cmd = [sys.executable, os.path.join(bench_dir, SUITES[name]), "--json",
+               os.path.join(out, f"{name}.json")]
+        if quick and name != "engine":
+            cmd.append("--quick")
+        print("$ " + " ".join(cmd), flush=True)
+        rc = subprocess.call(cmd, env=env)
+        if rc:
+            raise RuntimeError(f"{name} benchmark exited with status {rc}")

@@ -1,9 +1,10 @@
-"""``tinymeta train | eval | plot``: the command line.
+"""``tinymeta train | eval | eval-runs | plot | bench``: the command line.
 
-Each subcommand is registered by an ``add_<name>(subparsers)`` function that adds its
-parser and sets ``func``; :data:`COMMANDS` lists them, so another module can add one
-(``bench``) by appending to it. Tasks come from :data:`tinymeta.train.TASKS`; Omniglot
-(``--task omniglot``, ``eval`` of its runs, ``eval-runs``) from :mod:`tinymeta.classify`.
+Argument parsing, the one resume-merge (:func:`tinymeta.runs.merge_resume`) and dispatch to
+the run layer (:mod:`tinymeta.runs`); nothing here trains, evaluates or writes a file. Each
+subcommand is registered by an ``add_<name>(subparsers)`` function that adds its parser and
+sets ``func``; :data:`COMMANDS` lists them, so another module can add one by appending to it.
+Tasks and their options come from :data:`tinymeta.runs.TASKS`.
 
 Bad arguments and failed runs end with one line on stderr and a non-zero exit status,
 never a traceback.
@@ -12,14 +13,14 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import classify as _classify
-from . import distributed
-from . import train as _train
+from . import bench, distributed, kernels, runs
+from .runs.omniglot import default_runs, split_names
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -70,19 +71,15 @@ def _widths(text: str) -> tuple:
 
 # ---- train ------------------------------------------------------------------------------
 
-# settings that a resumed run may change; every other one must match config.json
-_RESUMABLE = {"iterations", "checkpoint_every", "log_every", "skip_nonfinite"}
-
-
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="meta-train a model", description=(
         "Meta-train on a task family. Defaults that depend on the algorithm: inner steps "
         "5 for reptile and imaml, else 1; reptile uses SGD with outer lr 0.1 annealed "
         "linearly to 0, the others Adam at 0.001."))
     a = p.add_argument
-    a("--task", choices=sorted({*_train.TASKS, "omniglot"}), default=None,
+    a("--task", choices=sorted(runs.TASKS), default=None,
       help="task family (sinusoid; omniglot: see the options below)")
-    a("--algo", choices=_train.ALGOS, default=None, help="algorithm (default maml)")
+    a("--algo", choices=runs.ALGOS, default=None, help="algorithm (default maml)")
     a("--shots", type=_positive_int, default=None, help="K support points per task (10)")
     a("--query", type=_positive_int, default=None, help="query points per task (default K)")
     a("--inner-steps", type=_nonneg_int, default=None, help="T inner gradient steps")
@@ -123,7 +120,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_omniglot_train_options(p: argparse.ArgumentParser) -> None:
-    """Options of --task omniglot (tinymeta.classify); defaults in ClassifyConfig."""
+    """Options of --task omniglot; defaults in tinymeta.runs.omniglot.OmniglotOptions."""
     g = p.add_argument_group("omniglot", "N-way K-shot Omniglot with the BN MLP 784-256-128-"
                              "64-64-N; defaults: 20-way 1-shot, 5 inner steps at 0.1, "
                              "meta-batch 16, 3000 iterations")
@@ -158,42 +155,72 @@ def _add_omniglot_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _given(args: argparse.Namespace) -> dict:
-    names = {f.name for f in _train.dataclasses.fields(_train.TrainConfig)}
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+    """The run settings given on the command line (None: not given)."""
+    names = _setting_names()
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    for k in ("data", "val_alphabets", "test_alphabets"):
+        if k in given:
+            given[k] = split_names(given[k])
+    return given
+
+
+def _setting_names() -> set[str]:
+    names = {f.name for f in dataclasses.fields(runs.RunConfig)} - {"options"}
+    for setup in runs.TASKS.values():
+        names |= {f.name for f in dataclasses.fields(setup.options)}
+    return names
+
+
+def _check_applicable(task: str, given: dict) -> None:
+    """A CLIError naming the first given option that the task does not take."""
+    setup = runs.TASKS[task]
+    own = {f.name for f in dataclasses.fields(setup.options)}
+    shared = {f.name for f in dataclasses.fields(runs.RunConfig)}
+    for k in given:
+        if k not in own and k not in shared:
+            owners = [n for n, s in runs.TASKS.items()
+                      if k in {f.name for f in dataclasses.fields(s.options)}]
+            raise CLIError(f"--{k.replace('_', '-')} applies to --task {' or '.join(owners)} "
+                           f"only (the task is {task})")
+
+
+def _run_config(args: argparse.Namespace) -> runs.RunConfig:
+    """The run's settings: the options given, or on --resume the run's with them merged."""
+    given = _given(args)
+    folder = runs.RunFolder(args.out)
+    with distributed.same_on_all_ranks("reading the settings"):  # and config.json
+        if args.resume:
+            stored = folder.read_config()
+            _check_applicable(stored.task, given)
+            return runs.merge_resume(stored, given)
+        task = given.setdefault("task", "sinusoid")
+        _check_applicable(task, given)
+        return runs.RunConfig.create(**given)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     world = distributed.init(force=args.mpi, timeout=args.mpi_timeout,
                              check_every=args.mpi_check_every)
-    if _classify.wants_omniglot(vars(args)):
-        line = _classify.train_from_args(vars(args))  # every rank trains (P = 1: the one)
-        if world.is_root:
-            print(line)
-        return 0
-    _classify.refuse_omniglot_options(vars(args), args.task or "sinusoid")
-    given = _given(args)
-    if args.resume:
-        cfg = _train.load_config(args.out)
-        stored = cfg.to_json()
-        for k, v in given.items():
-            old = stored[k]
-            new = list(v) if isinstance(v, tuple) else v
-            if k not in _RESUMABLE and old != new:
-                raise CLIError(f"--{k.replace('_', '-')} {v} differs from the run's "
-                               f"{old}; a resumed run keeps its settings")
-            setattr(cfg, k, v)
-    else:
-        cfg = _train.TrainConfig(**given)
-    _train.train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
-                 stop_after=args.stop_after)
-    if not world.is_root:
-        return 0
-    if args.stop_after is not None and args.stop_after < cfg.iterations:
-        print(f"stopped after iteration {args.stop_after}: "
-              f"{os.path.join(args.out, 'checkpoint.npz')} (continue with --resume)")
-    else:
-        print(f"trained {cfg.algo} on {cfg.task}: {os.path.join(args.out, 'params.npz')}")
+    cfg = _run_config(args)
+    result = runs.train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
+                        stop_after=args.stop_after)
+    if world.is_root:  # every rank trains (P = 1: the one); rank 0 speaks
+        print(_trained_line(cfg, args.out, result))
     return 0
+
+
+def _trained_line(cfg: runs.RunConfig, out: str, result: dict) -> str:
+    if not result["finished"]:
+        return (f"stopped after iteration {result['iteration']}: "
+                f"{os.path.join(out, 'checkpoint.npz')} (continue with --resume)")
+    params = os.path.join(out, "params.npz")
+    best = next((v for k, v in result.items() if k.startswith("best_val_")), None)
+    if best is None:
+        return f"trained {cfg.algo} on {cfg.task}: {params}"
+    how = "stopped early" if result["stopped_early"] else "ran"
+    return (f"trained {cfg.algo} on {cfg.task} ({how} to iteration {result['iteration']}, "
+            f"params of iteration {result['best_iteration']} chosen on validation "
+            f"({best:.2f}%)): {params}")
 
 
 # ---- eval -------------------------------------------------------------------------------
@@ -221,27 +248,15 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    steps = _train.parse_steps(args.steps or "0..10")
+    steps = None if args.steps is None else runs.parse_steps(args.steps)
     if args.backend is not None:
-        from . import kernels
-
         kernels.set_backend(args.backend)
-    if _classify.is_classify_run(args.dir):
-        report = _classify.evaluate(
-            args.dir, tasks=args.tasks, steps=None if args.steps is None else steps,
-            eval_seed=args.eval_seed, data=_classify.split_names(args.data),
-            alphabets=_classify.split_names(args.alphabets), shots=args.shots,
-            query=args.query, inner_lr=args.inner_lr)
-        print(_classify.format_eval(report))
-        return 0
-    if args.data is not None or args.alphabets is not None:
-        raise CLIError("--data and --alphabets apply to omniglot runs only")
-    query = 100 if args.query is None else args.query
-    report = _train.evaluate(args.dir, tasks=args.tasks, steps=steps, eval_seed=args.eval_seed,
-                             query=query, shots=args.shots, inner_lr=args.inner_lr)
-    print(f"{report['algo']}: K = {report['shots']}, {report['tasks']} test tasks "
-          f"(eval seed {report['eval_seed']}), {report['query']} query points each")
-    print(_train.format_table(report))
+    task_args = {k: split_names(getattr(args, k)) for k in ("data", "alphabets")
+                 if getattr(args, k) is not None}
+    report = runs.evaluate(args.dir, tasks=args.tasks, steps=steps, eval_seed=args.eval_seed,
+                           shots=args.shots, query=args.query, inner_lr=args.inner_lr,
+                           **task_args)
+    print(runs.format_report(report))
     return 0
 
 
@@ -280,23 +295,21 @@ def _steps_or_val(text: str) -> int | str:
 
 
 def cmd_eval_runs(args: argparse.Namespace) -> int:
-    runs = args.runs or _classify.default_runs()
-    if runs is None:
+    official = args.runs or default_runs()
+    if official is None:
         raise CLIError("no --runs given and none found under ../shared/data/omniglot")
     if args.model is None and args.baseline is None:
         raise CLIError("give --model RUNDIR, or --baseline mhd for the baseline alone")
     if args.backend is not None:
-        from . import kernels
-
         kernels.set_backend(args.backend)
-    result = _classify.eval_runs(runs, model=args.model, steps=args.steps)
+    result = runs.eval_runs(official, model=args.model, steps=args.steps)
     chosen = result.get("steps_chosen_on")
     if chosen is not None:  # stderr: stdout is the runs' lines and the mean
         print(f"eval-runs: {result['steps']} adaptation steps, chosen among "
               f"{','.join(map(str, chosen['candidates']))} on {chosen['tasks']} validation "
               f"tasks of {', '.join(chosen['alphabets'])} ({chosen['accuracy']:.2f}%)",
               file=sys.stderr)
-    print(_classify.format_runs(result))
+    print(runs.format_runs(result))
     return 0
 
 
@@ -314,92 +327,13 @@ def add_plot(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    try:
-        import matplotlib
-    except ImportError:
-        raise CLIError("plot needs matplotlib: pip install 'tinymeta[plot]'") from None
-    matplotlib.use("Agg")
-    for path in make_figures(args.dir, baseline=args.baseline, n_tasks=args.tasks,
-                             eval_seed=args.eval_seed):
+    for path in runs.make_figures(args.dir, baseline=args.baseline, n_tasks=args.tasks,
+                                  eval_seed=args.eval_seed):
         print(path)
     return 0
 
 
-def make_figures(out: str, baseline: str | None = None, n_tasks: int = 3,
-                 eval_seed: int = 1000) -> list[str]:
-    """Write ``predictions.png`` and ``mse_vs_steps.png`` into ``out``; return their paths.
-
-    predictions: a few test tasks, the true curve, the K support points, and the model
-    before adaptation and after 1 and 10 steps (a row per model). mse_vs_steps: the
-    test MSE against test-time gradient steps (from ``eval.json``, made if missing).
-    """
-    import json
-
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from . import kernels
-    from .meta.common import adapt_path
-
-    runs = [out] + ([baseline] if baseline else [])
-    fig, axes = plt.subplots(len(runs), n_tasks, figsize=(4 * n_tasks, 3.2 * len(runs)),
-                             squeeze=False)
-    grid = np.linspace(-5, 5, 200)
-    for row, run in enumerate(runs):
-        cfg, theta, lr = _train.load_model(run)
-        cfg = cfg.resolved()
-        setup = _train.TASKS[cfg.task](cfg)
-        batch = setup.sample(np.random.default_rng(eval_seed), n_tasks, cfg.shots, 1)
-        x = np.broadcast_to(grid[None, :, None], (n_tasks, grid.size, 1)).astype(setup.dtype)
-        truth = setup.dist.function(x, batch.params["amplitude"], batch.params["phase"])
-        curves = {}
-        path = adapt_path(setup.loss_fn, theta, batch.support_x, batch.support_y, lr, 10)
-        for t, params in enumerate(path):
-            if t in (0, 1, 10):
-                curves[t] = kernels.get_backend().to_numpy(setup.predict(params, x))
-        for e in range(n_tasks):
-            ax = axes[row, e]
-            ax.plot(grid, truth[e, :, 0], "k-", label="ground truth")
-            ax.plot(grid, curves[0][e, :, 0], ":", label="pre-update")
-            ax.plot(grid, curves[1][e, :, 0], "--", label="1 grad step")
-            ax.plot(grid, curves[10][e, :, 0], "-", alpha=0.7, label="10 grad steps")
-            sx = kernels.get_backend().to_numpy(batch.support_x)
-            sy = kernels.get_backend().to_numpy(batch.support_y)
-            ax.plot(sx[e, :, 0], sy[e, :, 0], "^", color="purple", label="support points")
-            ax.set_title(f"{cfg.algo}, K = {cfg.shots}, task {e}")
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    pred_path = os.path.join(out, "predictions.png")
-    fig.savefig(pred_path, dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for run in runs:
-        eval_path = os.path.join(run, "eval.json")
-        if os.path.exists(eval_path):
-            with open(eval_path) as f:
-                report = json.load(f)
-        else:
-            report = _train.evaluate(run, eval_seed=eval_seed)
-        rows = sorted((int(t), r) for t, r in report["mse"].items() if r["mean"] is not None)
-        steps = [t for t, _ in rows]
-        means = np.array([r["mean"] for _, r in rows])
-        cis = np.array([r["ci95"] for _, r in rows])
-        ax.errorbar(steps, means, yerr=cis, marker="o", capsize=3,
-                    label=f"{report['algo']} (K = {report['shots']})")
-    ax.set_xlabel("number of gradient steps")
-    ax.set_ylabel("mean squared error")
-    ax.legend()
-    fig.tight_layout()
-    mse_path = os.path.join(out, "mse_vs_steps.png")
-    fig.savefig(mse_path, dpi=120)
-    plt.close(fig)
-    return [pred_path, mse_path]
-
-
 # ---- bench ------------------------------------------------------------------------------
-
-_SUITES = {"engine": "engine.py", "kernels": "kernels.py", "e2e": "e2e.py"}
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
@@ -407,7 +341,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
                        description="Run benchmarks/engine.py, kernels.py and e2e.py one after "
                        "another (OPENBLAS_NUM_THREADS=1 unless set), writing JSON to --out.")
     a = p.add_argument
-    a("suites", nargs="*", default=list(_SUITES), help="engine, kernels, e2e (default all)")
+    a("suites", nargs="*", default=list(bench.SUITES),
+      help="engine, kernels, e2e (default all)")
     a("--out", default="benchmarks/out", help="folder for the JSON files (benchmarks/out)")
     a("--quick", action="store_true", help="short smoke runs (not for figures)")
     a("--root", default=".", help="the checkout holding benchmarks/ (default .)")
@@ -415,27 +350,10 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import subprocess
-
-    bench_dir = os.path.join(args.root, "benchmarks")
-    for name in args.suites:
-        if name not in _SUITES:
-            raise CLIError(f"unknown suite {name!r}; choose from {', '.join(_SUITES)}")
-        if not os.path.exists(os.path.join(bench_dir, _SUITES[name])):
-            raise CLIError(f"no {os.path.join(bench_dir, _SUITES[name])}: run tinymeta bench "
-                           "from a checkout of tinymeta (or pass --root)")
-    os.makedirs(args.out, exist_ok=True)
-    env = dict(os.environ)
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    for name in args.suites:
-        cmd = [sys.executable, os.path.join(bench_dir, _SUITES[name]), "--json",
-               os.path.join(args.out, f"{name}.json")]
-        if args.quick and name != "engine":
-            cmd.append("--quick")
-        print("$ " + " ".join(cmd), flush=True)
-        rc = subprocess.call(cmd, env=env)
-        if rc:
-            raise CLIError(f"{name} benchmark exited with status {rc}")
+    try:
+        bench.run_suites(args.suites, args.out, quick=args.quick, root=args.root)
+    except RuntimeError as e:
+        raise CLIError(str(e)) from None
     return 0
 
 
@@ -459,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CLIError, _train.TrainingError, distributed.DistributedError, ValueError, OSError,
+    except (CLIError, runs.TrainingError, distributed.DistributedError, ValueError, OSError,
             ImportError) as e:
         # one process: print; MPI: once if every rank failed alike, else abort the job
         distributed.report_error(f"tinymeta {args.command}: error: {e}", e)

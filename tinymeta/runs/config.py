@@ -1,0 +1,197 @@
+"""One run configuration for every task: the settings a run is made of, stored as config.json.
+
+A :class:`RunConfig` holds the settings every task shares (the algorithm, K, T, α, β, the
+meta-batch, the seed, …) once, and the task's own settings grouped in ``options`` (an
+instance of the task's options dataclass, e.g. Omniglot's ways, alphabets and validation
+schedule). A shared setting left ``None`` takes the task's default (:attr:`TaskSetup.defaults`)
+when the config is :meth:`~RunConfig.resolved`; an algorithm-dependent default (Reptile's
+SGD and annealing, its outer learning rate) is filled in there too.
+
+``config.json`` is one flat JSON object, shared settings and the task's options side by
+side, exactly as runs written before the run layer existed hold it, so those still load.
+The settings that ``--resume`` may change are :data:`RESUMABLE`; every other one must match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from .registry import TASKS
+
+ALGOS = ("maml", "maml-chain", "fomaml", "reptile", "imaml", "metasgd", "pretrain")
+
+#: Settings a resumed run may change; every other one must match the run's config.json.
+RESUMABLE = frozenset({"iterations", "checkpoint_every", "log_every", "skip_nonfinite",
+                       "patience", "eval_every"})
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (a non-finite meta-gradient, a bad run folder)."""
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Every setting of a run. ``None``: the task's (or the algorithm's) default.
+
+    Build one directly, ``RunConfig(task="omniglot", algo="maml", options=...)``, or from
+    flat settings, ``RunConfig.create(task="omniglot", ways=5, shots=1)``.
+    """
+
+    task: str = "sinusoid"
+    algo: str = "maml"
+    shots: int | None = None
+    query: int | None = None  # query points (classification: per class) in training
+    inner_steps: int | None = None
+    inner_lr: float | None = None
+    outer_lr: float | None = None  # None: Reptile's SGD rate of the task, else Adam's 0.001
+    optimizer: str | None = None  # "adam" | "sgd"; None: sgd for reptile, else adam
+    anneal: bool | None = None  # outer lr linearly to 0; None: on for reptile
+    meta_batch: int | None = None
+    iterations: int | None = None
+    seed: int = 0
+    hidden: tuple | None = None
+    init: str = "fan_in"
+    dtype: str = "float32"
+    backend: str | None = None
+    lam: float = 1.0  # iMAML's λ
+    cg_steps: int = 5
+    cg_tol: float = 0.0
+    damping: float = 0.0
+    on_negative_curvature: str = "continue"
+    checkpoint_every: int | None = None
+    log_every: int | None = None
+    skip_nonfinite: bool = False
+    compile: bool = False  # record the meta-gradient step once (tm.compile) and replay it
+    options: Any = None  # the task's own settings (its options dataclass); None: defaults
+
+    # ---- building ---------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, **settings: Any) -> RunConfig:
+        """A config from flat settings: shared ones by name, the rest the task's options.
+
+        Raises:
+            ValueError: a setting that neither the run nor the task knows.
+        """
+        return cls.from_json(settings, source="the settings")
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], source: str = "config.json") -> RunConfig:
+        """The inverse of :meth:`to_json`: flat settings, the task's options among them."""
+        setup = task_setup(d.get("task", "sinusoid"), source)
+        shared = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        own = {f.name for f in dataclasses.fields(setup.options)}
+        unknown = set(d) - shared - own
+        if unknown:
+            raise ValueError(f"{source} has unknown settings {sorted(unknown)}")
+        kw = {k: v for k, v in d.items() if k in shared}
+        if kw.get("hidden") is not None:
+            kw["hidden"] = tuple(kw["hidden"])
+        opts = setup.options.from_json({k: v for k, v in d.items() if k in own})
+        return cls(**kw, options=opts)
+
+    def to_json(self) -> dict:
+        """One flat dict: the shared settings and the task's options (tuples as lists)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if f.name != "options"}
+        if d["hidden"] is not None:
+            d["hidden"] = list(d["hidden"])
+        d.update(self.task_options().to_json())
+        return d
+
+    def task_options(self) -> Any:
+        """``options``, or the task's default options when unset."""
+        if self.options is not None:
+            return self.options
+        return task_setup(self.task).options()
+
+    # ---- resolving and checking -------------------------------------------------------
+
+    def resolved(self) -> RunConfig:
+        """A copy with the task's and the algorithm's defaults filled in."""
+        setup = task_setup(self.task)
+        c = dataclasses.replace(self, options=self.task_options().resolved(self))
+        for name, value in setup.defaults.items():
+            if getattr(c, name) is None:
+                setattr(c, name, value)
+        reptile = c.algo == "reptile"
+        if c.inner_steps is None:
+            c.inner_steps = 5 if c.algo in ("reptile", "imaml") else 1
+        if c.query is None:
+            c.query = c.shots
+        if c.optimizer is None:
+            c.optimizer = "sgd" if reptile else "adam"
+        if c.outer_lr is None:
+            c.outer_lr = setup.reptile_outer_lr if reptile else 0.001
+        if c.anneal is None:
+            c.anneal = reptile
+        c.hidden = tuple(int(h) for h in c.hidden)
+        return c
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the option of the first setting that cannot be run."""
+        setup = task_setup(self.task)
+        if self.algo not in ALGOS:
+            raise ValueError(f"unknown algorithm {self.algo!r}; choose one of {list(ALGOS)}")
+        if self.algo not in setup.algos:
+            raise ValueError(f"--algo {self.algo} is not available for {self.task}; choose "
+                             f"one of {list(setup.algos)}")
+        for name in ("shots", "meta_batch", "iterations", "checkpoint_every", "log_every",
+                     "cg_steps"):
+            _at_least(name, getattr(self, name), 1)
+        _at_least("query", self.query, 1)
+        _at_least("inner_steps", self.inner_steps, 0)
+        if self.algo in ("reptile", "metasgd") and self.inner_steps == 0:
+            raise ValueError(f"--algo {self.algo} needs --inner-steps >= 1")
+        _one_of("optimizer", self.optimizer, (None, "adam", "sgd"))
+        _one_of("dtype", self.dtype, ("float32", "float64"))
+        _one_of("init", self.init, ("fan_in", "finn"))
+        _one_of("on_negative_curvature", self.on_negative_curvature, ("continue", "stop"))
+        if self.lam <= 0:
+            raise ValueError(f"--lam must be > 0; got {self.lam}")
+        if self.inner_lr is not None and self.inner_lr <= 0 or \
+                self.outer_lr is not None and self.outer_lr <= 0:
+            raise ValueError("learning rates must be > 0")
+        if self.hidden is not None and (not self.hidden or min(self.hidden) < 1):
+            raise ValueError(f"--hidden needs positive widths; got {self.hidden}")
+        self.task_options().validate(self)
+
+
+def _at_least(name: str, value: Any, bound: int) -> None:
+    if value is not None and value < bound:
+        raise ValueError(f"--{name.replace('_', '-')} must be >= {bound}; got {value}")
+
+
+def _one_of(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        shown = " or ".join(str(c) for c in choices if c is not None)
+        raise ValueError(f"--{name.replace('_', '-')} must be {shown}; got {value!r}")
+
+
+def task_setup(name: Any, source: str = "the settings") -> Any:
+    """The setup class registered for the task ``name`` (a ValueError naming the choices)."""
+    if not isinstance(name, str) or name not in TASKS:
+        raise ValueError(f"{source}: unknown task {name!r}; choose one of {sorted(TASKS)}")
+    return TASKS[name]
+
+
+def merge_resume(stored: RunConfig, given: Mapping[str, Any]) -> RunConfig:
+    """The stored config with the ``given`` settings of a ``--resume`` applied.
+
+    Only :data:`RESUMABLE` settings may differ from the stored ones.
+
+    Raises:
+        ValueError: a given setting that is not resumable and differs from the run's.
+    """
+    stored_json = stored.to_json()
+    merged = dict(stored_json)
+    for k, v in given.items():
+        new = list(v) if isinstance(v, tuple) else v
+        if k not in stored_json:
+            raise ValueError(f"--{k.replace('_', '-')} does not apply to a {stored.task} run")
+        if k not in RESUMABLE and stored_json[k] != new:
+            raise ValueError(f"--{k.replace('_', '-')} {v} differs from the run's "
+                             f"{stored_json[k]}; a resumed run keeps its settings")
+        merged[k] = v
+    return RunConfig.from_json(merged)

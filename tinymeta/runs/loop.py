@@ -1,0 +1,294 @@
+"""The one meta-training loop, for every task: θ_0 ← θ_0 − β · (the algorithm's meta-gradient).
+
+Each iteration draws a meta-batch from the task setup, asks the algorithm for its
+meta-gradient (:func:`~tinymeta.runs.algorithms.meta_gradient`, recorded once and replayed
+with ``cfg.compile``), averages it over MPI ranks (one Allreduce; nothing on one process),
+refuses or skips a non-finite one, and takes the outer optimizer's step. Hooks:
+
+- validation (tasks whose setup has a validation set): every ``eval_every`` iterations the
+  fixed validation tasks are adapted for T steps and scored; a better score is saved as
+  ``best.npz``, ``patience`` validations without one stop the run, and the best params
+  become ``params.npz``;
+- logging (``train.jsonl`` every ``log_every`` iterations, ``val.jsonl``), checkpoints
+  every ``checkpoint_every`` iterations and at each validation, so that ``resume``
+  continues bit for bit;
+- MPI: every rank draws the random numbers of the whole batch and trains its B/P tasks;
+  validation tasks are split over the ranks and gathered exactly; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from .. import distributed, kernels, ops
+from ..compile import compile as tm_compile
+from ..meta.common import tree_is_finite
+from .algorithms import initial_model, make_optimizer, meta_gradient
+from .config import RunConfig, TrainingError
+from .evaluation import scores_by_step
+from .folder import RunFolder
+from .registry import TASKS
+
+
+def train(cfg: RunConfig, out: str, resume: bool = False, progress: bool = True,
+          stop_after: int | None = None) -> dict:
+    """Meta-train as ``cfg`` says, in the run folder ``out``; return the run's summary.
+
+    Args:
+        cfg: the settings (for ``resume``: those of ``out/config.json``, with the
+            resumable ones changed as allowed; see :func:`tinymeta.runs.config.merge_resume`).
+        out: the run folder.
+        resume: continue from ``out/checkpoint.npz``, bit for bit.
+        progress: a progress bar (tqdm) or periodic log lines (rank 0 only).
+        stop_after: stop (with a checkpoint) after this many iterations, as if interrupted.
+
+    Returns:
+        The contents of ``result.json`` ({"finished": False, "iteration": i} for a run
+        stopped by ``stop_after``; on ranks other than 0, without the timings).
+
+    Raises:
+        TrainingError: a non-finite meta-gradient (unless ``skip_nonfinite``), or a run
+            folder that does not fit.
+        DistributedError: a meta-batch that does not split evenly over the MPI ranks.
+    """
+    run = Run(cfg, out)
+    run.start(resume)
+    end = run.cfg.iterations if stop_after is None else min(run.cfg.iterations, stop_after)
+    bar = _Progress(run.iteration, run.cfg.iterations, progress and run.world.is_root,
+                    run.cfg.log_every)
+    try:
+        with run.folder.open_logs(run.world.is_root, run.validation is not None) as (
+                log, vlog):
+            for it in range(run.iteration + 1, end + 1):
+                if run.iterate(it, end, bar, log, vlog):
+                    break
+    finally:
+        bar.close()
+    return run.finish()
+
+
+class Run:
+    """The state of one training run and the steps of its loop (see :func:`train`)."""
+
+    def __init__(self, cfg: RunConfig, out: str) -> None:
+        self.world = world = distributed.world()  # one process, or this rank of an MPI job
+        with distributed.same_on_all_ranks("checking the settings"):
+            self.cfg = cfg = cfg.resolved()
+            cfg.validate()
+            world.local_tasks(cfg.meta_batch)  # B divisible by the number of ranks
+        if cfg.backend is not None:
+            kernels.set_backend(cfg.backend)
+        self.setup = TASKS[cfg.task](cfg)
+        with distributed.same_on_all_ranks("reading the data"):  # the same on every rank
+            self.setup.load_training()
+        self.folder = RunFolder(out)
+        os.makedirs(out, exist_ok=True)
+        world.describe_run(out)
+        self.window: list[float] = []
+        self.step_times: list[float] = []
+        self.stopped_early = False
+
+    def start(self, resume: bool) -> None:
+        """A new run (θ_0 from the setup) or the checkpoint's, and the loop's pieces."""
+        cfg, folder, world = self.cfg, self.folder, self.world
+        val_log: list[dict] = []
+        if resume:
+            with distributed.same_on_all_ranks("reading the checkpoint"):
+                (self.model, opt_state, self.iteration, self.skipped, self.rng,
+                 self.elapsed) = folder.load_checkpoint()
+            if world.is_root:
+                folder.truncate_logs(self.iteration)
+            # the validations up to the checkpoint (the other ranks may read val.jsonl
+            # before rank 0 has truncated it)
+            val_log = [r for r in folder.read_log("val.jsonl")
+                       if r["iteration"] <= self.iteration]
+        else:
+            with distributed.same_on_all_ranks("checking the run folder"):
+                folder.check_new()
+            self.model, opt_state = initial_model(cfg, self.setup), None
+            self.iteration, self.skipped, self.elapsed = 0, 0, 0.0
+            self.rng = np.random.default_rng(cfg.seed)
+            if world.is_root:
+                folder.clear_for_new_run()
+        if world.is_root:  # only rank 0 writes into the run folder
+            folder.write_config(cfg)
+        self.opt = make_optimizer(cfg)
+        self.opt_state = self.opt.init(self.model) if opt_state is None else opt_state
+        self.mask = self.setup.adapt_mask(self.model["theta"])
+        self.step = functools.partial(meta_gradient, cfg, self.setup, self.mask)
+        if cfg.compile:  # one recording per batch signature, then straight-line replays
+            self.step = tm_compile(self.step)
+        self.validation = self.setup.validation_batch(world)
+        self.best, self.best_it, self.since = _selection(val_log, self.setup)
+        self.t_last = time.perf_counter()
+
+    def iterate(self, it: int, end: int, bar: _Progress, log: Any, vlog: Any) -> bool:
+        """One meta-iteration with its hooks; True when the run stops early."""
+        t0 = time.perf_counter()
+        self.meta_step(it)
+        self.window.append(_to_float(ops.mean(self.info["query_loss"])))
+        self.step_times.append(time.perf_counter() - t0)
+        bar.update(it, float(np.mean(self.window)))
+        steps_done = time.perf_counter()  # the log's elapsed_s: before validation
+        validate_now = self.validation is not None and (
+            it % self.setup.opts.eval_every == 0 or it == self.cfg.iterations)
+        if validate_now:
+            self.validate(it, vlog)
+        # (after the validation, so that an early stop logs its last steps too)
+        if it % self.cfg.log_every == 0 or it == end or self.stopped_early:
+            self.log(it, steps_done, log)
+        if it % self.cfg.checkpoint_every == 0 or it == end or validate_now:
+            self.elapsed += time.perf_counter() - self.t_last
+            self.t_last = time.perf_counter()
+            if self.world.is_root:
+                self.folder.save_checkpoint(self.model, self.opt_state, it, self.skipped,
+                                            self.rng, self.elapsed)
+        self.iteration = it
+        return self.stopped_early
+
+    def meta_step(self, it: int) -> None:
+        """Draw this rank's tasks, the meta-gradient, its mean over ranks, the outer step."""
+        batch = self.setup.train_batch(self.rng, self.world)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+            grads, info = self.step(self.model, batch)
+        # P > 1: the mean over ranks (one Allreduce), info with all B tasks' losses; the
+        # finiteness test below then sees the same numbers on every rank (the selection
+        # state rides in the hash: ranks that would stop apart fail)
+        grads, self.info = self.world.allreduce_mean(
+            grads, info, it, ((self.model, self.opt_state),
+                              (self.rng, self.skipped, self.best_it, self.since)))
+        if not tree_is_finite(grads):
+            if not self.cfg.skip_nonfinite:
+                raise distributed.on_all_ranks(TrainingError(
+                    f"iteration {it}: the meta-gradient is not finite (NaN or Inf); lower "
+                    "the learning rates, or pass --skip-nonfinite to skip such steps"))
+            self.skipped += 1
+        else:
+            self.model, self.opt_state = self.opt.update(grads, self.opt_state, self.model)
+
+    def validate(self, it: int, vlog: Any) -> None:
+        """Score the validation tasks after T steps; keep the best; decide the early stop.
+
+        Each rank adapts to its share of the tasks and the per-task scores of all ranks
+        are gathered exactly, in task order, so that every rank forms the one-process
+        score of the same array and takes the same decision.
+        """
+        t0 = time.perf_counter()
+        part, total = self.validation
+        cfg, setup, theta = self.cfg, self.setup, self.model["theta"]
+        scores = np.zeros(0, dtype=np.float64) if part is None else scores_by_step(
+            setup, theta, part, cfg.inner_lr, [cfg.inner_steps], self.mask)[cfg.inner_steps]
+        scores = self.world.allgather_tasks(scores, total, f"the validation of iteration {it}")
+        score = setup.validation_score(scores)
+        vlog.write(json.dumps({"iteration": it, setup.metric: score,
+                               "val_s": round(time.perf_counter() - t0, 3)}) + "\n")
+        vlog.flush()
+        if _better(score, self.best, setup):  # the same score, so choice, on every rank
+            self.best, self.best_it, self.since = score, it, 0
+            if self.world.is_root:
+                self.folder.save_best(theta, it, score, setup.metric)
+        else:
+            self.since += 1
+        patience = setup.opts.patience
+        self.stopped_early = patience > 0 and self.since >= patience
+
+    def log(self, it: int, steps_done: float, log: Any) -> None:
+        self.elapsed += steps_done - self.t_last
+        self.t_last = steps_done
+        log.write(json.dumps({
+            "iteration": it, "query_loss": float(np.mean(self.window)),
+            "support_loss": _to_float(ops.mean(self.info["support_loss"])),
+            "step_s": float(np.mean(self.step_times)), "skipped": self.skipped,
+            "elapsed_s": round(self.elapsed, 3)}) + "\n")
+        log.flush()
+        self.window, self.step_times = [], []
+
+    def finish(self) -> dict:
+        """The summary; on rank 0 also params.npz (validation's choice) and result.json."""
+        it, cfg, setup = self.iteration, self.cfg, self.setup
+        if not (self.stopped_early or it == cfg.iterations):
+            return {"iteration": it, "finished": False}
+        validated = self.validation is not None
+        summary = {"finished": True, "iteration": it, "stopped_early": self.stopped_early,
+                   "best_iteration": self.best_it if validated else it,
+                   f"best_val_{setup.metric}": self.best if validated else None,
+                   "skipped": self.skipped}
+        if not self.world.is_root:
+            return summary
+        chosen = self.model["theta"]
+        if validated and self.best_it > 0:
+            chosen = self.folder.load_best(self.best_it)
+        self.folder.save_params(chosen, self.model.get("lrs"))
+        result = {**summary, **_timings(self.folder, it, self.elapsed)}
+        self.folder.write_result(result)
+        return result
+
+
+def _selection(val_log: list[dict], setup: Any) -> tuple[float, int, int]:
+    """(best score, its iteration, validations since) from the validation log."""
+    best, best_it, since = (-1.0 if setup.higher_is_better else np.inf), 0, 0
+    for rec in val_log:
+        if _better(rec[setup.metric], best, setup):
+            best, best_it, since = rec[setup.metric], rec["iteration"], 0
+        else:
+            since += 1
+    return best, best_it, since
+
+
+def _better(score: float, best: float, setup: Any) -> bool:
+    return score > best if setup.higher_is_better else score < best
+
+
+def _timings(folder: RunFolder, iteration: int, elapsed: float) -> dict:
+    """Seconds per iteration, of training and validation, from the logs; the wall time."""
+    log = [r for r in folder.read_log("train.jsonl") if "step_s" in r]
+    train_s = sum(r["step_s"] * (r["iteration"] - p) for r, p in
+                  zip(log, [0] + [r["iteration"] for r in log[:-1]]))
+    val_s = sum(r["val_s"] for r in folder.read_log("val.jsonl"))
+    return {"s_per_iteration": train_s / max(iteration, 1), "train_s": train_s,
+            "val_s": val_s, "wall_s": elapsed}
+
+
+def _to_float(x: Any) -> float:
+    return float(np.asarray(kernels.get_backend().to_numpy(x)))
+
+
+class _Progress:
+    """tqdm where installed (iterations/s and the running loss), else periodic log lines."""
+
+    def __init__(self, start: int, total: int, enabled: bool, log_every: int) -> None:
+        self.bar = None
+        self.enabled = enabled
+        self.total = total
+        self.log_every = log_every
+        self.t0 = time.perf_counter()
+        self.start = start
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, initial=start, unit="it", file=sys.stderr,
+                                dynamic_ncols=True, mininterval=0.5)
+
+    def update(self, iteration: int, running_loss: float | None) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if running_loss is not None:
+                self.bar.set_postfix(loss=f"{running_loss:.4f}", refresh=False)
+        elif self.enabled and running_loss is not None and iteration % self.log_every == 0:
+            rate = (iteration - self.start) / max(time.perf_counter() - self.t0, 1e-9)
+            print(f"iteration {iteration}/{self.total}  loss {running_loss:.4f}  "
+                  f"{rate:.1f} it/s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,159 @@
+"""Lake et al.'s official 20-way one-shot Omniglot runs, scored for a model and for MHD.
+
+In each run the model adapts on the 20 training images (one per class, label i = training
+class i; batch norm with their statistics) for T steps, then classifies the 20 test items
+in one pass, batch norm with the test items' own statistics (transductive, as in
+meta-training's query pass); the error is the share wrong, averaged over runs. The Modified
+Hausdorff distance baseline is scored beside it. The runs are never used for any choice:
+``steps="val"`` takes the step count that was best on the run's validation alphabets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .. import kernels, meta, nn
+from ..tasks.oneshot_runs import load_runs, score_runs, score_runs_with
+from .evaluation import load_model
+from .folder import RunFolder
+from .omniglot import OmniglotSetup
+
+
+def validation_steps(out: str) -> tuple[int, dict]:
+    """The test-time step count that validation chooses: argmax_t acc_val(t), ties to fewer.
+
+    acc_val(t) is the mean query accuracy after t adaptation steps in ``out/eval.json``,
+    which must be an evaluation of the run's validation alphabets (never of test
+    alphabets: a choice made on test tasks would make their score optimistic), in the
+    runs' setting (1 shot and 1 query image per class, the training α), of the params that
+    :func:`~tinymeta.runs.evaluation.load_model` reads now (their SHA-256 is in the report).
+    Returns (t, the report).
+
+    Raises:
+        ValueError: no ``eval.json``, or one of other alphabets, another setting or other
+            params (retrained or resumed since), or one this function cannot read; the
+            message gives the ``tinymeta eval`` command that makes the right one.
+    """
+    folder = RunFolder(out)
+    path = folder.file("eval.json")
+    cfg = folder.read_config().resolved()
+    o = cfg.task_options()
+    if not o.val_alphabets:
+        raise ValueError(f"--steps val: the run in {out} holds out no validation alphabets; "
+                         "give --steps T")
+    default_q = cfg.shots if o.reptile_query else cfg.query
+    again = (f"run `tinymeta eval {out} --tasks 600 --steps 5,10,20,40,80,160 --alphabets "
+             f"{','.join(o.val_alphabets)}"
+             f"{'' if cfg.shots == 1 else ' --shots 1'}{'' if default_q == 1 else ' --query 1'}"
+             "` first")
+    try:
+        report = folder.read_eval()
+        acc = {int(t): float(r["mean"]) for t, r in report["accuracy"].items()}
+        setting = {k: report[k] for k in ("alphabets", "shots", "query", "inner_lr")}
+    except FileNotFoundError:
+        raise ValueError(f"--steps val: {path} does not exist; {again}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"--steps val: cannot read {path} ({type(e).__name__}: {e}); "
+                         f"{again}") from None
+    want = {"alphabets": list(o.val_alphabets), "shots": 1, "query": 1,
+            "inner_lr": cfg.inner_lr}
+    if setting != want or not acc:
+        raise ValueError(f"--steps val: {path} evaluates {setting}, not the runs' setting on "
+                         f"the validation alphabets {want}; {again}")
+    if "params_sha256" not in report:
+        raise ValueError(f"--steps val: {path} predates the params check (it records no "
+                         f"params_sha256); {again}")
+    if report["params_sha256"] != folder.params_sha256():
+        raise ValueError(f"--steps val: {path} was made for other params than "
+                         f"{folder.params_path()} holds now; {again}")
+    best = max(acc, key=lambda t: (acc[t], -t))
+    return best, report
+
+
+def run_predictor(cfg: Any, theta: Any, steps: int | None = None) -> Callable:
+    """``predict(train, test) -> (n_test,)`` class indices for :func:`score_runs_with`.
+
+    The model adapts for T steps (default the training T) on the training images and
+    classifies the test items in one pass. Ties go to the lowest class index.
+    """
+    T = cfg.inner_steps if steps is None else int(steps)
+    o = cfg.task_options()
+    setup = OmniglotSetup(cfg)
+    mask = setup.adapt_mask(theta)
+    B = kernels.get_backend()
+
+    def predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        n = train.shape[0]
+        if n != o.ways:
+            raise ValueError(f"the run is {n}-way; the model is {o.ways}-way")
+        dt = np.dtype(cfg.dtype)
+        sx = B.asarray(train.reshape(1, n, -1).astype(dt))
+        sy = B.asarray(np.arange(n, dtype=np.int64)[None])
+        qx = B.asarray(test.reshape(1, test.shape[0], -1).astype(dt))
+        params = meta.adapt(setup.loss_fn, theta, sx, sy, cfg.inner_lr, T, mask)
+        return np.argmax(B.to_numpy(nn.bn_mlp(params, qx))[0], axis=-1).astype(np.int64)
+
+    return predict
+
+
+def eval_runs(runs: str, model: str | None = None, baseline: bool = True,
+              steps: int | str | None = None) -> dict:
+    """Score a model and/or the MHD baseline on Lake et al.'s 20-way one-shot runs.
+
+    ``steps``: the adaptation steps (default the training T), or ``"val"`` for the count
+    :func:`validation_steps` chooses from the model's ``eval.json``.
+
+    Returns:
+        {"model": {run: error %} or None, "mhd": {run: error %} or None, "steps": T,
+        and with ``"val"``: "steps_chosen_on": the validation accuracy of that T}.
+    """
+    if steps == "val" and model is None:
+        raise ValueError("eval_runs: steps='val' (--steps val) needs a model (--model RUNDIR)")
+    parsed = load_runs(runs)
+    result: dict = {"model": None, "mhd": None, "steps": None}
+    if model is not None:
+        cfg, trained = load_model(model)
+        if cfg.task != "omniglot":
+            raise ValueError(f"the one-shot runs are Omniglot's; the model in {model} is a "
+                             f"{cfg.task} model (train with --task omniglot)")
+        if cfg.task_options().ways != 20:
+            raise ValueError(f"the one-shot runs are 20-way; the model in {model} is "
+                             f"{cfg.task_options().ways}-way (train with --ways 20)")
+        if steps == "val":
+            steps, report = validation_steps(model)  # before the (slow) runs are scored
+            result["steps_chosen_on"] = {
+                "alphabets": report["alphabets"], "tasks": report.get("tasks"),
+                "eval_seed": report.get("eval_seed"),
+                "accuracy": report["accuracy"][str(steps)]["mean"],
+                "candidates": sorted(int(t) for t in report["accuracy"])}
+        elif isinstance(steps, str):
+            raise ValueError(f"eval_runs: steps must be an int or 'val', not {steps!r}")
+        predict = run_predictor(cfg, trained["theta"], steps)
+        scores = score_runs_with(predict, parsed, preprocessed=True,
+                                 center=cfg.task_options().center)
+        result["model"] = scores.errors
+        result["steps"] = cfg.inner_steps if steps is None else int(steps)
+        result["algo"] = cfg.algo
+    if baseline or model is None:
+        result["mhd"] = score_runs(parsed).errors
+    return result
+
+
+def format_runs(result: dict) -> str:
+    """``run01 error 25.0%  (mhd 45.0%)`` per run, then ``mean error …``.
+
+    The first number of each line is the model's (the baseline's alone without a model).
+    """
+    main = result["model"] if result["model"] is not None else result["mhd"]
+    side = result["mhd"] if result["model"] is not None else None
+    lines = []
+    for name, err in main.items():
+        extra = f"  (mhd {side[name]:.1f}%)" if side is not None else ""
+        lines.append(f"{name} error {err:.1f}%{extra}")
+    mean = sum(main.values()) / len(main)
+    extra = f"  (mhd {sum(side.values()) / len(side):.1f}%)" if side is not None else ""
+    lines.append(f"mean error {mean:.1f}%{extra}")
+    return "\n".join(lines)
