@@ -1,4 +1,4 @@
-"""What the algorithms share: the task axis, the inner step, pytree arithmetic.
+"""What the algorithms share: the task axis and the inner step.
 
 Everything here works both on plain arrays (at top level) and on Tensors (inside a
 transform), because it is written in tinymeta ops.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .. import ops
+from .. import kernels, ops
 from ..transforms import grad
 from ..tree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 
@@ -29,27 +29,8 @@ def broadcast_tasks(params: Any, B: int) -> Any:
     return tree_map(lambda p: ops.broadcast_to(p, (B,) + ops.shape(p)), params)
 
 
-def tree_add(a: Any, b: Any) -> Any:
-    return tree_map(lambda x, y: x + y, a, b)
-
-
-def tree_sub(a: Any, b: Any) -> Any:
-    return tree_map(lambda x, y: x - y, a, b)
-
-
-def tree_scale(s: Any, a: Any) -> Any:
-    return tree_map(lambda x: s * x, a)
-
-
-def tree_task_mean(a: Any) -> Any:
-    """The mean over the leading task axis of every leaf: (B, …) → (…)."""
-    return tree_map(lambda x: ops.mean(x, axis=0), a)
-
-
 def tree_is_finite(tree: Any) -> bool:
     """True when every leaf of a pytree of plain arrays is finite."""
-    from .. import kernels
-
     xp = kernels.get_backend().xp
     return all(bool(xp.all(xp.isfinite(leaf))) for leaf in tree_leaves(tree))
 
