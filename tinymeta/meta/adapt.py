@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import LossFn, adapt_path, check_mask
+from .. import ops
+from .common import LossFn, broadcast_tasks, check_mask, unroll
 
 
 def adapt(loss_fn: LossFn, params: Any, x: Any, y: Any, inner_lr: Any, steps: int,
@@ -27,8 +28,6 @@ def adapt(loss_fn: LossFn, params: Any, x: Any, y: Any, inner_lr: Any, steps: in
     """
     if int(steps) < 0:
         raise ValueError(f"adapt: steps must be >= 0; got {steps}")
-    path = adapt_path(loss_fn, params, x, y, inner_lr, steps, check_mask(mask, params))
-    theta = next(path)
-    for theta in path:  # noqa: B007  (the last one is the answer)
-        continue
-    return theta
+    theta0 = broadcast_tasks(params, int(ops.shape(x)[0]))
+    thetas, _ = unroll(loss_fn, theta0, [(x, y)] * int(steps), inner_lr, check_mask(mask, params))
+    return thetas[-1]

@@ -6,11 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import ops
-from ..transforms import hvp
+from ..transforms import grad, hvp
 from ..tree import tree_map
 from .cg import cg
-from .common import LossFn, broadcast_tasks, inner_step, num_tasks, support_objective
-from .maml import query_gradient
+from .common import LossFn, broadcast_tasks, inner_step, num_tasks, query_objective, support_sum
 
 
 def imaml(loss_fn: LossFn, params: Any, batch: Any, inner_lr: float, inner_steps: int,
@@ -67,14 +66,12 @@ def imaml(loss_fn: LossFn, params: Any, batch: Any, inner_lr: float, inner_steps
         phi = inner_solver(loss_fn, theta0, sx, sy, lam)
     else:
         phi = _proximal_descent(loss_fn, theta0, sx, sy, inner_lr, int(inner_steps), lam)
-    g_query = query_gradient(loss_fn, phi, batch)  # (1/B) ∇L_Q(φ_e), per task
+    g_query = grad(query_objective(loss_fn, batch), has_aux=True)(phi)[0]  # (1/B) ∇L_Q(φ_e)
     query = loss_fn(phi, batch.query_x, batch.query_y)
-
-    def support_sum(theta: Any) -> Any:
-        return support_objective(loss_fn, sx, sy)(theta)[0]
+    summed_support = support_sum(loss_fn, sx, sy)
 
     def matvec(v: Any) -> Any:
-        hv = hvp(support_sum, (phi,), (v,))
+        hv = hvp(summed_support, (phi,), (v,))
         return tree_map(lambda vi, hi: (1.0 + damping) * vi + hi / lam, v, hv)
 
     x, info = cg(matvec, g_query, maxiter=cg_steps, tol=cg_tol,
@@ -90,7 +87,8 @@ def imaml(loss_fn: LossFn, params: Any, batch: Any, inner_lr: float, inner_steps
     }
 
 
-def _proximal_descent(loss_fn, theta0, x, y, lr, steps, lam):
+def _proximal_descent(loss_fn: LossFn, theta0: Any, x: Any, y: Any, lr: float, steps: int,
+                      lam: float) -> Any:
     """T steps of φ ← φ − α(∇L_S(φ) + λ(φ − θ_0)) from φ = θ_0, task-batched."""
     phi = theta0
     for _ in range(steps):

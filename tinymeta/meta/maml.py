@@ -5,21 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from .. import ops
-from ..transforms import grad, hvp, value_and_grad
+from ..transforms import hvp, value_and_grad
 from ..tree import tree_map
 from .common import (
     LossFn,
     broadcast_tasks,
     check_mask,
-    inner_step,
+    meta_objective,
     num_tasks,
-    support_objective,
+    query_objective,
+    support_sum,
+    unroll,
 )
 
 
 def maml(loss_fn: LossFn, params: Any, batch: Any, inner_lr: float, inner_steps: int,
          order: int = 2, method: str = "unrolled", adapt: Any = None) -> tuple:
-    """The MAML meta-gradient of the mean query loss after T inner steps.
+    """The MAML meta-gradient ∂/∂θ_0 (1/B) Σ_e L_Q^e(θ_T^e), after T inner steps.
 
     Learner: θ_{t+1} = θ_t − α ∇L_S(θ_t), t = 0 … T−1, from θ_0 (per task).
     Meta-objective: (1/B) Σ_e L_Q^e(θ_T^e). Its gradient (order 2):
@@ -62,11 +64,17 @@ def maml(loss_fn: LossFn, params: Any, batch: Any, inner_lr: float, inner_steps:
     if int(inner_steps) < 0:
         raise ValueError(f"maml: inner_steps must be >= 0; got {inner_steps}")
     mask = check_mask(adapt, params)
-    if order == 1:
-        return _first_order(loss_fn, params, batch, inner_lr, int(inner_steps), mask)
-    if method == "unrolled":
-        return _unrolled(loss_fn, params, batch, inner_lr, int(inner_steps), mask)
-    return _hvp_chain(loss_fn, params, batch, inner_lr, int(inner_steps), mask)
+    steps = int(inner_steps)
+    if order == 2 and method == "unrolled":
+        objective = meta_objective(loss_fn, batch, steps, mask)
+        (loss, (support, query)), g = value_and_grad(objective, has_aux=True)(params, inner_lr)
+    else:
+        g, (loss, (support, query)) = _back_along_path(loss_fn, params, batch, inner_lr,
+                                                       steps, mask, order)
+    if support is None:  # T = 0: no inner step took L_S(θ_0) on its way
+        support = loss_fn(broadcast_tasks(params, num_tasks(batch)), batch.support_x,
+                          batch.support_y)
+    return g, {"support_loss": support, "query_loss": query, "loss": loss}
 
 
 def fomaml(loss_fn: LossFn, params: Any, batch: Any, inner_lr: float, inner_steps: int,
@@ -81,86 +89,23 @@ def fomaml(loss_fn: LossFn, params: Any, batch: Any, inner_lr: float, inner_step
     return maml(loss_fn, params, batch, inner_lr, inner_steps, order=1, adapt=adapt)
 
 
-def _query_mean(loss_fn: LossFn, batch: Any, B: int):
-    """θ_T ↦ ((1/B) Σ_e L_Q^e(θ_T^e), per-task query losses)."""
+def _back_along_path(loss_fn: LossFn, params: Any, batch: Any, inner_lr: float, steps: int,
+                     mask: Any, order: int) -> tuple:
+    """v ← ∇L_Q(θ_T); with order 2, v ← v − αH_S(θ_t)(M v) for t = T−1 … 0; then Σ_e v_e.
 
-    def objective(theta: Any) -> tuple:
-        losses = loss_fn(theta, batch.query_x, batch.query_y)
-        return ops.sum(losses) / B, losses
-
-    return objective
-
-
-def _unrolled(loss_fn, params, batch, inner_lr, steps, mask):
-    B = num_tasks(batch)
-
-    def meta_objective(theta0: Any) -> tuple:
-        theta = broadcast_tasks(theta0, B)
-        support = None
-        for _ in range(steps):
-            theta, losses = inner_step(loss_fn, theta, batch.support_x, batch.support_y,
-                                       inner_lr, mask)
-            if support is None:
-                support = losses
-        loss, query = _query_mean(loss_fn, batch, B)(theta)
-        return loss, (support, query)
-
-    (loss, (support, query)), g = value_and_grad(meta_objective, has_aux=True)(params)
-    if support is None:
-        support = loss_fn(broadcast_tasks(params, B), batch.support_x, batch.support_y)
-    return g, {"support_loss": support, "query_loss": query, "loss": loss}
-
-
-def _forward(loss_fn, params, batch, inner_lr, steps, mask, keep=True):
-    """θ_0 … θ_T (task-batched, plain arrays) and L_S(θ_0), with no graph kept.
-
-    With ``keep=False`` only θ_T is kept (first-order MAML needs no other): memory
-    then stays flat in T.
+    No reverse sweep goes through the inner loop: the HVP chain keeps the θ_t, first order
+    only θ_T. Returns (meta-gradient, (loss, (L_S(θ_0), or None when T = 0, L_Q(θ_T)))).
     """
-    B = num_tasks(batch)
-    theta = broadcast_tasks(params, B)
-    thetas = [theta]
-    support = None
-    for _ in range(steps):
-        theta, losses = inner_step(loss_fn, theta, batch.support_x, batch.support_y,
-                                   inner_lr, mask)
-        if keep:
-            thetas.append(theta)
-        else:
-            thetas[0] = theta
-        if support is None:
-            support = losses
-    if support is None:
-        support = loss_fn(theta, batch.support_x, batch.support_y)
-    return thetas, support
-
-
-def _first_order(loss_fn, params, batch, inner_lr, steps, mask):
-    B = num_tasks(batch)
-    thetas, support = _forward(loss_fn, params, batch, inner_lr, steps, mask, keep=False)
-    (loss, query), v = value_and_grad(_query_mean(loss_fn, batch, B), has_aux=True)(thetas[-1])
+    theta0 = broadcast_tasks(params, num_tasks(batch))
+    data = [(batch.support_x, batch.support_y)] * steps
+    thetas, support = unroll(loss_fn, theta0, data, inner_lr, mask, keep_path=order == 2)
+    (loss, query), v = value_and_grad(query_objective(loss_fn, batch), has_aux=True)(thetas[-1])
+    if order == 2:
+        # the summed support loss is block-diagonal over tasks: one HVP serves all B tasks
+        summed_support = support_sum(loss_fn, batch.support_x, batch.support_y)
+        for t in range(steps - 1, -1, -1):
+            mv = tree_map(lambda x, keep: x if keep else 0.0 * x, v, mask)
+            hv = hvp(summed_support, (thetas[t],), (mv,))
+            v = tree_map(lambda x, h: x - inner_lr * h, v, hv)
     g = tree_map(lambda x: ops.sum(x, axis=0), v)
-    return g, {"support_loss": support, "query_loss": query, "loss": loss}
-
-
-def _hvp_chain(loss_fn, params, batch, inner_lr, steps, mask):
-    B = num_tasks(batch)
-    thetas, support = _forward(loss_fn, params, batch, inner_lr, steps, mask)
-    (loss, query), v = value_and_grad(_query_mean(loss_fn, batch, B), has_aux=True)(thetas[-1])
-
-    def support_sum(theta: Any) -> Any:
-        return support_objective(loss_fn, batch.support_x, batch.support_y)(theta)[0]
-
-    # the summed support loss is block-diagonal over tasks: one HVP serves all B tasks
-    for t in range(steps - 1, -1, -1):
-        mv = tree_map(lambda x, keep: x if keep else 0.0 * x, v, mask)
-        hv = hvp(support_sum, (thetas[t],), (mv,))
-        v = tree_map(lambda x, h: x - inner_lr * h, v, hv)
-    g = tree_map(lambda x: ops.sum(x, axis=0), v)
-    return g, {"support_loss": support, "query_loss": query, "loss": loss}
-
-
-def query_gradient(loss_fn: LossFn, theta: Any, batch: Any) -> Any:
-    """∇_θ (1/B) Σ_e L_Q^e(θ^e) at task-batched θ, per task (B, …): the first-order term."""
-    B = num_tasks(batch)
-    return grad(_query_mean(loss_fn, batch, B), has_aux=True)(theta)[0]
+    return g, (loss, (support, query))

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..transforms import value_and_grad
-from .common import LossFn, broadcast_tasks, inner_step, num_tasks
-from .maml import _query_mean
+from .common import LossFn, meta_objective
 
 
 def metasgd(loss_fn: LossFn, params: Any, lrs: Any, batch: Any, inner_steps: int = 1) -> tuple:
@@ -33,18 +32,7 @@ def metasgd(loss_fn: LossFn, params: Any, lrs: Any, batch: Any, inner_steps: int
     """
     if int(inner_steps) < 1:
         raise ValueError(f"metasgd: inner_steps must be >= 1; got {inner_steps}")
-    B = num_tasks(batch)
-
-    def meta_objective(theta0: Any, a: Any) -> tuple:
-        theta = broadcast_tasks(theta0, B)
-        support = None
-        for _ in range(int(inner_steps)):
-            theta, losses = inner_step(loss_fn, theta, batch.support_x, batch.support_y, a)
-            if support is None:
-                support = losses
-        loss, query = _query_mean(loss_fn, batch, B)(theta)
-        return loss, (support, query)
-
-    (loss, (support, query)), grads = value_and_grad(meta_objective, argnums=(0, 1),
+    objective = meta_objective(loss_fn, batch, int(inner_steps))
+    (loss, (support, query)), grads = value_and_grad(objective, argnums=(0, 1),
                                                      has_aux=True)(params, lrs)
     return grads, {"support_loss": support, "query_loss": query, "loss": loss}

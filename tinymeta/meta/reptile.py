@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from .. import ops
 from ..tree import tree_map
-from .common import LossFn, broadcast_tasks, inner_step, num_tasks
+from .common import LossFn, broadcast_tasks, num_tasks, unroll
 
 
 def reptile(loss_fn: LossFn, params: Any, batch: Any, inner_lr: float, inner_steps: int,
@@ -56,18 +57,21 @@ def reptile(loss_fn: LossFn, params: Any, batch: Any, inner_lr: float, inner_ste
     if inner_batch is not None and not 1 <= int(inner_batch) <= n:
         raise ValueError(f"reptile: inner_batch must be in 1..{n} (the learner's points per "
                          f"task); got {inner_batch}")
-    blocks = 1 if inner_batch is None else n // int(inner_batch)
-    theta = broadcast_tasks(params, B)
-    support = None
-    for t in range(int(inner_steps)):
-        if inner_batch is None:
-            xt, yt = x, y
-        else:
-            lo = (t % blocks) * int(inner_batch)
-            xt, yt = x[:, lo:lo + int(inner_batch)], y[:, lo:lo + int(inner_batch)]
-        theta, losses = inner_step(loss_fn, theta, xt, yt, inner_lr)
-        if support is None:
-            support = losses
+    data = _minibatches(x, y, int(inner_steps), inner_batch)
+    thetas, support = unroll(loss_fn, broadcast_tasks(params, B), data, inner_lr)
+    theta = thetas[-1]
     query = loss_fn(theta, batch.query_x, batch.query_y)
     g = tree_map(lambda p0, pT: p0 - ops.mean(pT, axis=0), params, theta)
     return g, {"support_loss": support, "query_loss": query, "loss": ops.mean(query)}
+
+
+def _minibatches(x: Any, y: Any, steps: int, size: int | None) -> Iterator[tuple]:
+    """D_t, t = 0 … T−1: every point, or with ``size`` = b the t-th block of b consecutive
+    points, cycling over the whole blocks; each sliced when the learner reaches step t."""
+    for t in range(steps):
+        if size is None:
+            yield x, y
+        else:
+            b = int(size)
+            lo = (t % (int(ops.shape(x)[1]) // b)) * b
+            yield x[:, lo:lo + b], y[:, lo:lo + b]
