@@ -301,17 +301,19 @@ def test_cli_train_eval(data_zip, tmp_path, capsys):
     assert report["params_sha256"] == hashlib.sha256(params).hexdigest()
     # the step count for the runs is chosen on the validation alphabets, never on the test's
     with pytest.raises(ValueError, match="not the runs' setting on the validation alphabets"):
-        runs.validation_steps(out)
+        runs.validation_steps(out, min_tasks=30)
     assert main(["eval", out, "--tasks", "30", "--alphabets", "Beta", "--steps", "0,1,2"]) == 0
     with pytest.raises(ValueError, match=r"'query': 2.*--alphabets Beta --query 1` first"):
-        runs.validation_steps(out)  # 2 query images per class: not the runs' setting
+        runs.validation_steps(out, min_tasks=30)  # 2 query images per class: not the runs'
     assert main(["eval", out, "--tasks", "30", "--alphabets", "Beta", "--steps", "0,1,2",
                  "--query", "1"]) == 0
     capsys.readouterr()
     acc = json.loads((tmp_path / "run" / "eval.json").read_text())["accuracy"]
     top = max(a["mean"] for a in acc.values())
-    assert runs.validation_steps(out)[0] == min(int(t) for t, a in acc.items()
-                                                    if a["mean"] == top)
+    assert runs.validation_steps(out, min_tasks=30)[0] == min(
+        int(t) for t, a in acc.items() if a["mean"] == top)
+    with pytest.raises(ValueError, match="holds 30 tasks, fewer than 600"):
+        runs.validation_steps(out)  # a validation report needs 600 tasks unless told
 
 
 def test_evaluate_refuses_params_rewritten_while_it_ran(data_zip, tmp_path, monkeypatch):

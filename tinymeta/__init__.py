@@ -69,8 +69,7 @@ from .transforms import (
     vjp,
 )
 from .tree import ravel_pytree, tree_flatten, tree_leaves, tree_map, tree_unflatten
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [name for name in dir() if not name.startswith("_")]
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from . import bench, distributed, kernels, runs
 from .runs.omniglot import default_runs, split_names
+from .version import __version__
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -255,7 +256,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                  if getattr(args, k) is not None}
     report = runs.evaluate(args.dir, tasks=args.tasks, steps=steps, eval_seed=args.eval_seed,
                            shots=args.shots, query=args.query, inner_lr=args.inner_lr,
-                           **task_args)
+                           notify=lambda line: print(line, file=sys.stderr), **task_args)
     print(runs.format_report(report))
     return 0
 
@@ -279,7 +280,9 @@ def add_eval_runs(sub: argparse._SubParsersAction) -> None:
       help="mhd: score the Modified Hausdorff baseline (alone when no --model)")
     a("--steps", type=_steps_or_val, default=None, metavar="T|val",
       help="adaptation steps (the training T); val: the count with the best accuracy in the "
-      "model's eval.json of its validation alphabets (ties to fewer steps)")
+      "model's kept report of its validation protocol (ties to fewer steps)")
+    a("--min-val-tasks", type=_positive_int, default=600, metavar="N",
+      help="--steps val: the least validation tasks a report must hold (600)")
     a("--backend", choices=("numpy", "numba", "cupy"), default=None, help="array backend")
     p.set_defaults(func=cmd_eval_runs)
 
@@ -302,13 +305,14 @@ def cmd_eval_runs(args: argparse.Namespace) -> int:
         raise CLIError("give --model RUNDIR, or --baseline mhd for the baseline alone")
     if args.backend is not None:
         kernels.set_backend(args.backend)
-    result = runs.eval_runs(official, model=args.model, steps=args.steps)
+    result = runs.eval_runs(official, model=args.model, steps=args.steps,
+                            min_val_tasks=args.min_val_tasks)
     chosen = result.get("steps_chosen_on")
     if chosen is not None:  # stderr: stdout is the runs' lines and the mean
         print(f"eval-runs: {result['steps']} adaptation steps, chosen among "
               f"{','.join(map(str, chosen['candidates']))} on {chosen['tasks']} validation "
-              f"tasks of {', '.join(chosen['alphabets'])} ({chosen['accuracy']:.2f}%)",
-              file=sys.stderr)
+              f"tasks of {', '.join(chosen['alphabets'])} ({chosen['accuracy']:.2f}%), "
+              f"from {chosen['file']}", file=sys.stderr)
     print(runs.format_runs(result))
     return 0
 
@@ -323,12 +327,14 @@ def add_plot(sub: argparse._SubParsersAction) -> None:
     a("--baseline", default=None, help="a second run folder to compare (the pretrained one)")
     a("--tasks", type=_positive_int, default=3, help="test tasks to draw (3)")
     a("--eval-seed", type=int, default=1000, help="seed of the test tasks (1000)")
+    a("--out", default=None, metavar="DIR",
+      help="folder for the two PNGs (default: the run folder; existing ones are replaced)")
     p.set_defaults(func=cmd_plot)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
     for path in runs.make_figures(args.dir, baseline=args.baseline, n_tasks=args.tasks,
-                                  eval_seed=args.eval_seed):
+                                  eval_seed=args.eval_seed, dest=args.out):
         print(path)
     return 0
 
@@ -364,6 +370,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_train, add_e
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tinymeta", description="few-shot meta-learning on tinymeta")
+    parser.add_argument("--version", action="version", version=f"tinymeta {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in COMMANDS:

@@ -9,7 +9,7 @@ over tasks (and the task's other summaries) and is written to ``eval.json``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -71,19 +71,24 @@ def load_model(out: str) -> tuple[Any, dict]:
 
 def evaluate(out: str, tasks: int = 600, steps: Sequence[int] | None = None,
              eval_seed: int = 1000, shots: int | None = None, query: int | None = None,
-             inner_lr: float | None = None, **task_args: Any) -> dict:
-    """Adapt to ``tasks`` test tasks for each step count; return and write ``eval.json``.
+             inner_lr: float | None = None, notify: Callable[[str], Any] | None = None,
+             **task_args: Any) -> dict:
+    """Adapt to ``tasks`` test tasks for each step count; return and write the report.
 
     The test tasks come from ``eval_seed``, the same for every model, with K = ``shots``
     (default: the training K) support points and ``query`` query points (default: the
     task's) each. The learner runs with the training α and mask (Meta-SGD: its learned
     rates) unless ``inner_lr``. ``task_args``: the task's own choices of test tasks
     (Omniglot: ``data``, ``alphabets``).
+
+    The report is written as ``eval.json`` (the latest) and kept as ``evals/NAME.json``,
+    NAME its protocol (:meth:`RunFolder.write_eval`); ``notify`` is told, in one line,
+    where it was kept and which report of another protocol it replaced as eval.json.
     """
     folder = RunFolder(out)
     cfg = folder.read_config().resolved()
     setup = TASKS[cfg.task](cfg)
-    digest = folder.params_sha256() if getattr(setup, "hash_params", False) else None
+    digest = folder.params_sha256()
     model = folder.load_model(cfg)
     default_steps, default_query = setup.eval_defaults()
     K = cfg.shots if shots is None else int(shots)
@@ -96,13 +101,16 @@ def evaluate(out: str, tasks: int = 600, steps: Sequence[int] | None = None,
     report = {setup.metric: {str(t): setup.summary(s) for t, s in scores.items()},
               "algo": cfg.algo, "tasks": int(tasks), "eval_seed": int(eval_seed),
               "shots": K, "query": Q, "inner_lr": "learned" if "lrs" in model and
-              inner_lr is None else lr, **fields}
-    if digest is not None:
-        report["params_sha256"] = digest
-        if folder.params_sha256() != digest:  # a run still training rewrote it
-            raise TrainingError(f"{folder.params_path()} changed while it was evaluated; "
-                                "evaluate again once the run has finished")
-    folder.write_eval(report)
+              inner_lr is None else lr, "adaptation": "gradient", **fields,
+              "params_sha256": digest}
+    if folder.params_sha256() != digest:  # a run still training rewrote it
+        raise TrainingError(f"{folder.params_path()} changed while it was evaluated; "
+                            "evaluate again once the run has finished")
+    kept, replaced = folder.write_eval(report)
+    if notify is not None:
+        notify(f"eval: report kept as {kept}" + (
+            f"; eval.json held a report of another protocol, kept as {replaced}"
+            if replaced else ""))
     return report
 
 

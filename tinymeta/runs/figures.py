@@ -21,8 +21,9 @@ from .sinusoid import SinusoidSetup
 
 
 def make_figures(out: str, baseline: str | None = None, n_tasks: int = 3,
-                 eval_seed: int = 1000) -> list[str]:
-    """Write ``predictions.png`` and ``mse_vs_steps.png`` into ``out``; return their paths.
+                 eval_seed: int = 1000, dest: str | None = None) -> list[str]:
+    """Write ``predictions.png`` and ``mse_vs_steps.png`` of the run ``out`` into ``dest``
+    (default ``out`` itself); return their paths.
 
     Raises:
         ImportError: matplotlib is not installed (the message says what to install).
@@ -36,13 +37,15 @@ def make_figures(out: str, baseline: str | None = None, n_tasks: int = 3,
     except ImportError:
         raise ImportError("plot needs matplotlib: pip install 'tinymeta[plot]'") from None
     runs = [out] + ([baseline] if baseline else [])
+    dest = out if dest is None else dest
+    os.makedirs(dest, exist_ok=True)
     fig, axes = plt.subplots(len(runs), n_tasks, figsize=(4 * n_tasks, 3.2 * len(runs)),
                              squeeze=False)
     for row, run in enumerate(runs):
         _prediction_row(axes[row], run, n_tasks, eval_seed)
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
-    pred_path = os.path.join(out, "predictions.png")
+    pred_path = os.path.join(dest, "predictions.png")
     fig.savefig(pred_path, dpi=120)
     plt.close(fig)
 
@@ -59,7 +62,7 @@ def make_figures(out: str, baseline: str | None = None, n_tasks: int = 3,
     ax.set_ylabel("mean squared error")
     ax.legend()
     fig.tight_layout()
-    mse_path = os.path.join(out, "mse_vs_steps.png")
+    mse_path = os.path.join(dest, "mse_vs_steps.png")
     fig.savefig(mse_path, dpi=120)
     plt.close(fig)
     return [pred_path, mse_path]
@@ -91,3 +94,5 @@ def _prediction_row(axes: Any, run: str, n_tasks: int, eval_seed: int) -> None:
         ax.plot(grid, curves[10][e, :, 0], "-", alpha=0.7, label="10 grad steps")
         ax.plot(sx[e, :, 0], sy[e, :, 0], "^", color="purple", label="support points")
         ax.set_title(f"{cfg.algo}, K = {cfg.shots}, task {e}")
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")

@@ -202,9 +202,77 @@ class RunFolder:
     def write_result(self, result: dict) -> None:
         write_json(self.file("result.json"), result)
 
-    def write_eval(self, report: dict) -> None:
-        write_json(self.file("eval.json"), report)
+    def write_eval(self, report: dict) -> tuple[str, str | None]:
+        """Write ``report`` as ``eval.json`` (the latest) and as ``evals/NAME.json``.
 
-    def read_eval(self) -> dict:
-        with open(self.file("eval.json")) as f:
+        NAME is the report's protocol (:func:`protocol_name`), so an evaluation of another
+        protocol never overwrites this one. An ``eval.json`` of another protocol that has no
+        copy under ``evals/`` yet (a run evaluated before reports were kept) is kept there
+        first.
+
+        Returns:
+            (the path under evals/, the evals/ path of the replaced eval.json when its
+            protocol differs, else None).
+        """
+        os.makedirs(self.file("evals"), exist_ok=True)
+        replaced = None
+        if os.path.exists(self.file("eval.json")):
+            try:
+                previous = self.read_eval()
+            except (OSError, ValueError):
+                previous = None  # unreadable: nothing to keep
+            if isinstance(previous, dict) and protocol(previous) != protocol(report):
+                replaced = self.eval_path(previous)
+                if not os.path.exists(replaced):
+                    write_json(replaced, previous)
+        path = self.eval_path(report)
+        write_json(path, report)
+        write_json(self.file("eval.json"), report)
+        return path, replaced
+
+    def eval_path(self, report: dict) -> str:
+        return os.path.join(self.path, "evals", protocol_name(report) + ".json")
+
+    def read_eval(self, path: str | None = None) -> dict:
+        """``eval.json``, or the report at ``path``."""
+        with open(path or self.file("eval.json")) as f:
             return json.load(f)
+
+    def eval_reports(self) -> list[str]:
+        """The paths of every kept report: ``evals/*.json``, then ``eval.json``."""
+        folder = self.file("evals")
+        kept = sorted(os.path.join(folder, n) for n in os.listdir(folder)
+                      if n.endswith(".json")) if os.path.isdir(folder) else []
+        latest = self.file("eval.json")
+        return kept + ([latest] if os.path.exists(latest) else [])
+
+
+#: The fields of an evaluation report that make its protocol: two reports of the same
+#: protocol are the same measurement (the metric's numbers aside).
+PROTOCOL = ("alphabets", "tasks", "eval_seed", "shots", "query", "inner_lr", "adaptation",
+            "params_sha256")
+
+
+def protocol(report: dict) -> dict:
+    """The protocol of an evaluation report: :data:`PROTOCOL`'s fields and the step counts.
+
+    A report written before ``adaptation`` was recorded adapted by gradient steps.
+    """
+    p = {k: report.get(k) for k in PROTOCOL}
+    p["adaptation"] = p["adaptation"] or "gradient"
+    metric = next((k for k in ("accuracy", "mse") if isinstance(report.get(k), dict)), None)
+    p["steps"] = sorted(int(t) for t in report[metric]) if metric else None
+    return p
+
+
+def protocol_name(report: dict) -> str:
+    """A file name for the report's protocol: its readable parts and a digest of all of it.
+
+    E.g. ``Tagalog-600tasks-seed1000-1shot-1query-a1b2c3d4e5f6``.
+    """
+    p = protocol(report)
+    where = "+".join(p["alphabets"]) if p["alphabets"] else "tasks"
+    digest = hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest()[:12]
+    name = (f"{where}-{p['tasks']}tasks-seed{p['eval_seed']}-{p['shots']}shot-"
+            f"{p['query']}query-{digest}")
+    return "".join(c if c.isalnum() or c in "+-_." else "_" for c in name)

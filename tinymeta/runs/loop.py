@@ -141,6 +141,9 @@ class Run:
             it % self.setup.opts.eval_every == 0 or it == self.cfg.iterations)
         if validate_now:
             self.validate(it, vlog)
+            patience = self.setup.opts.patience
+            bar.validated(it, self.setup.metric, self.last_score, self.best, self.best_it,
+                          patience - self.since if patience > 0 else None)
         # (after the validation, so that an early stop logs its last steps too)
         if it % self.cfg.log_every == 0 or it == end or self.stopped_early:
             self.log(it, steps_done, log)
@@ -186,7 +189,7 @@ class Run:
         scores = np.zeros(0, dtype=np.float64) if part is None else scores_by_step(
             setup, theta, part, cfg.inner_lr, [cfg.inner_steps], self.mask)[cfg.inner_steps]
         scores = self.world.allgather_tasks(scores, total, f"the validation of iteration {it}")
-        score = setup.validation_score(scores)
+        score = self.last_score = setup.validation_score(scores)
         vlog.write(json.dumps({"iteration": it, setup.metric: score,
                                "val_s": round(time.perf_counter() - t0, 3)}) + "\n")
         vlog.flush()
@@ -261,15 +264,25 @@ def _to_float(x: Any) -> float:
 
 
 class _Progress:
-    """tqdm where installed (iterations/s and the running loss), else periodic log lines."""
+    """What the terminal shows (rank 0): tqdm where installed, else log lines on stderr.
+
+    The bar's postfix holds the running query loss and, for runs with validation, the last
+    validation score, the best so far with its iteration, and the validations of patience
+    left. Without tqdm a line is printed every ``stride`` iterations (``log_every``, or a
+    multiple of it so that a run prints about 20 lines) and one per validation. Terminal
+    output only: train.jsonl keeps its ``log_every``.
+    """
+
+    LINES = 20  # about how many progress lines a run prints without tqdm
 
     def __init__(self, start: int, total: int, enabled: bool, log_every: int) -> None:
         self.bar = None
         self.enabled = enabled
         self.total = total
-        self.log_every = log_every
+        self.stride = log_every * max(1, -(-total // (self.LINES * log_every)))
         self.t0 = time.perf_counter()
         self.start = start
+        self.postfix: dict[str, str] = {}
         if enabled:
             try:
                 from tqdm import tqdm
@@ -279,15 +292,31 @@ class _Progress:
                 self.bar = tqdm(total=total, initial=start, unit="it", file=sys.stderr,
                                 dynamic_ncols=True, mininterval=0.5)
 
-    def update(self, iteration: int, running_loss: float | None) -> None:
+    def update(self, iteration: int, running_loss: float) -> None:
         if self.bar is not None:
             self.bar.update(1)
-            if running_loss is not None:
-                self.bar.set_postfix(loss=f"{running_loss:.4f}", refresh=False)
-        elif self.enabled and running_loss is not None and iteration % self.log_every == 0:
+            self.postfix["loss"] = f"{running_loss:.4f}"
+            self.bar.set_postfix(self.postfix, refresh=False)
+        elif self.enabled and (iteration % self.stride == 0 or iteration == self.total):
             rate = (iteration - self.start) / max(time.perf_counter() - self.t0, 1e-9)
             print(f"iteration {iteration}/{self.total}  loss {running_loss:.4f}  "
                   f"{rate:.1f} it/s", file=sys.stderr, flush=True)
+
+    def validated(self, iteration: int, metric: str, score: float, best: float,
+                  best_it: int, patience_left: int | None) -> None:
+        """Show a validation: its score, the best so far, the patience left (None: no stop)."""
+        if not self.enabled:
+            return
+        fmt = (lambda v: f"{v:.2f}%") if metric == "accuracy" else (lambda v: f"{v:.4f}")
+        left = "" if patience_left is None else f", patience {patience_left} left"
+        if self.bar is not None:
+            self.postfix.update(val=fmt(score), best=f"{fmt(best)}@{best_it}")
+            if patience_left is not None:
+                self.postfix["patience"] = str(patience_left)
+            self.bar.set_postfix(self.postfix, refresh=True)
+        else:
+            print(f"iteration {iteration}/{self.total}  validation {metric} {fmt(score)}  "
+                  f"(best {fmt(best)} at {best_it}{left})", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

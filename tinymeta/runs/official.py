@@ -10,6 +10,7 @@ Hausdorff distance baseline is scored beside it. The runs are never used for any
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -22,55 +23,75 @@ from .folder import RunFolder
 from .omniglot import OmniglotSetup
 
 
-def validation_steps(out: str) -> tuple[int, dict]:
+def validation_steps(out: str, min_tasks: int = 600) -> tuple[int, dict, str]:
     """The test-time step count that validation chooses: argmax_t acc_val(t), ties to fewer.
 
-    acc_val(t) is the mean query accuracy after t adaptation steps in ``out/eval.json``,
-    which must be an evaluation of the run's validation alphabets (never of test
-    alphabets: a choice made on test tasks would make their score optimistic), in the
-    runs' setting (1 shot and 1 query image per class, the training α), of the params that
-    :func:`~tinymeta.runs.evaluation.load_model` reads now (their SHA-256 is in the report).
-    Returns (t, the report).
+    acc_val(t) is the mean query accuracy after t adaptation steps in a kept report of the
+    run (``evals/*.json`` or ``eval.json``) of the validation protocol: the run's validation
+    alphabets (never test alphabets: a choice made on test tasks would make their score
+    optimistic), the runs' setting (1 shot and 1 query image per class, the training α,
+    gradient steps), at least ``min_tasks`` tasks (a quick probe does not count), and the
+    params that :func:`~tinymeta.runs.evaluation.load_model` reads now (their SHA-256 is in
+    the report). Of several, the one with the most tasks (then the newest file) is used.
+
+    Returns:
+        (t, the report, its path).
 
     Raises:
-        ValueError: no ``eval.json``, or one of other alphabets, another setting or other
-            params (retrained or resumed since), or one this function cannot read; the
-            message gives the ``tinymeta eval`` command that makes the right one.
+        ValueError: no report fits; the message says why each was refused and gives the
+            ``tinymeta eval`` command that makes one.
     """
     folder = RunFolder(out)
-    path = folder.file("eval.json")
     cfg = folder.read_config().resolved()
     o = cfg.task_options()
     if not o.val_alphabets:
         raise ValueError(f"--steps val: the run in {out} holds out no validation alphabets; "
                          "give --steps T")
     default_q = cfg.shots if o.reptile_query else cfg.query
-    again = (f"run `tinymeta eval {out} --tasks 600 --steps 5,10,20,40,80,160 --alphabets "
-             f"{','.join(o.val_alphabets)}"
+    again = (f"run `tinymeta eval {out} --tasks {max(min_tasks, 600)} --steps "
+             f"5,10,20,40,80,160 --alphabets {','.join(o.val_alphabets)}"
              f"{'' if cfg.shots == 1 else ' --shots 1'}{'' if default_q == 1 else ' --query 1'}"
              "` first")
-    try:
-        report = folder.read_eval()
-        acc = {int(t): float(r["mean"]) for t, r in report["accuracy"].items()}
-        setting = {k: report[k] for k in ("alphabets", "shots", "query", "inner_lr")}
-    except FileNotFoundError:
-        raise ValueError(f"--steps val: {path} does not exist; {again}") from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"--steps val: cannot read {path} ({type(e).__name__}: {e}); "
-                         f"{again}") from None
     want = {"alphabets": list(o.val_alphabets), "shots": 1, "query": 1,
             "inner_lr": cfg.inner_lr}
-    if setting != want or not acc:
-        raise ValueError(f"--steps val: {path} evaluates {setting}, not the runs' setting on "
-                         f"the validation alphabets {want}; {again}")
+    fits, refused = [], []
+    for path in folder.eval_reports():
+        why, report = _refusal(folder, path, want, min_tasks)
+        if why is None:
+            fits.append((report["tasks"], os.path.getmtime(path), path, report))
+        else:
+            refused.append(why)
+    if not fits:
+        if not refused:
+            raise ValueError(f"--steps val: {folder.file('eval.json')} does not exist and "
+                             f"{folder.file('evals')} holds no report; {again}")
+        raise ValueError(f"--steps val: no report of the validation protocol: "
+                         f"{'; '.join(refused)}; {again}")
+    _, _, path, report = max(fits, key=lambda f: f[:2])
+    acc = {int(t): float(r["mean"]) for t, r in report["accuracy"].items()}
+    return max(acc, key=lambda t: (acc[t], -t)), report, path
+
+
+def _refusal(folder: RunFolder, path: str, want: dict, min_tasks: int) -> tuple:
+    """(why the report at ``path`` is not of the validation protocol, or None; the report)."""
+    try:
+        report = folder.read_eval(path)
+        acc = {int(t): float(r["mean"]) for t, r in report["accuracy"].items()}
+        setting = {k: report[k] for k in ("alphabets", "shots", "query", "inner_lr")}
+        tasks = int(report["tasks"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"cannot read {path} ({type(e).__name__}: {e})", None
+    if setting != want or not acc or report.get("adaptation", "gradient") != "gradient":
+        return (f"{path} evaluates {setting}, not the runs' setting on the validation "
+                f"alphabets {want}"), report
     if "params_sha256" not in report:
-        raise ValueError(f"--steps val: {path} predates the params check (it records no "
-                         f"params_sha256); {again}")
+        return f"{path} predates the params check (it records no params_sha256)", report
     if report["params_sha256"] != folder.params_sha256():
-        raise ValueError(f"--steps val: {path} was made for other params than "
-                         f"{folder.params_path()} holds now; {again}")
-    best = max(acc, key=lambda t: (acc[t], -t))
-    return best, report
+        return (f"{path} was made for other params than {folder.params_path()} holds now",
+                report)
+    if tasks < min_tasks:
+        return f"{path} holds {tasks} tasks, fewer than {min_tasks}", report
+    return None, report
 
 
 def run_predictor(cfg: Any, theta: Any, steps: int | None = None) -> Callable:
@@ -100,11 +121,12 @@ def run_predictor(cfg: Any, theta: Any, steps: int | None = None) -> Callable:
 
 
 def eval_runs(runs: str, model: str | None = None, baseline: bool = True,
-              steps: int | str | None = None) -> dict:
+              steps: int | str | None = None, min_val_tasks: int = 600) -> dict:
     """Score a model and/or the MHD baseline on Lake et al.'s 20-way one-shot runs.
 
     ``steps``: the adaptation steps (default the training T), or ``"val"`` for the count
-    :func:`validation_steps` chooses from the model's ``eval.json``.
+    :func:`validation_steps` chooses from the model's kept report of the validation
+    protocol (of at least ``min_val_tasks`` tasks).
 
     Returns:
         {"model": {run: error %} or None, "mhd": {run: error %} or None, "steps": T,
@@ -123,8 +145,10 @@ def eval_runs(runs: str, model: str | None = None, baseline: bool = True,
             raise ValueError(f"the one-shot runs are 20-way; the model in {model} is "
                              f"{cfg.task_options().ways}-way (train with --ways 20)")
         if steps == "val":
-            steps, report = validation_steps(model)  # before the (slow) runs are scored
+            # before the (slow) runs are scored
+            steps, report, path = validation_steps(model, min_val_tasks)
             result["steps_chosen_on"] = {
+                "file": path,
                 "alphabets": report["alphabets"], "tasks": report.get("tasks"),
                 "eval_seed": report.get("eval_seed"),
                 "accuracy": report["accuracy"][str(steps)]["mean"],

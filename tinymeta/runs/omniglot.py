@@ -135,7 +135,6 @@ class OmniglotSetup(TaskSetup):
     reptile_outer_lr = 1.0
     options = OmniglotOptions
     eval_chunk = 100
-    hash_params = True  # eval.json records the SHA-256 of the params (for --steps val)
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
