@@ -217,6 +217,7 @@ class GradTrace:
     """A Wengert list for reverse mode: row i is the call that produced variable i."""
 
     __slots__ = ("level", "nodes", "recording", "__weakref__")
+    refuses_concrete = False  # its Tensors may be read as values (bool(), float(), .data)
 
     def __init__(self) -> None:
         self.level = next(_levels)
@@ -310,6 +311,7 @@ class JVPTrace:
     """Forward mode: every value carries a tangent (a dual number, one level down)."""
 
     __slots__ = ("level", "tangents", "recording", "__weakref__")
+    refuses_concrete = False
 
     def __init__(self) -> None:
         self.level = next(_levels)
@@ -417,6 +419,7 @@ class CaptureTrace:
     """Records every primitive call as a flat program on variables (``make_tape``)."""
 
     __slots__ = ("level", "vars", "eqns", "recording", "__weakref__")
+    refuses_concrete = True  # a recorded program must not depend on the values it sees
 
     def __init__(self) -> None:
         self.level = next(_levels)

@@ -37,11 +37,11 @@ class Tensor:
         return v
 
     def _captured(self) -> bool:
-        from .tape import CaptureTrace
-
+        # whether a trace at this level or below records a program that must not depend on
+        # values (make_tape / compile): its ``refuses_concrete`` says so
         t: Any = self
         while type(t) is Tensor:
-            if type(t._trace) is CaptureTrace:
+            if t._trace is not None and t._trace.refuses_concrete:
                 return True
             t = t._value
         return False
