@@ -211,6 +211,35 @@ def _escaped(prim: Primitive) -> None:
     )
 
 
+def unbox(trace: Any, prim: Primitive, args: tuple | list) -> tuple[list, list[int], bool]:
+    """The arguments of a call of ``prim`` as ``trace`` sees them (every trace's ``process``).
+
+    Returns ``(vals, ids, nested)``: each argument one level down (a Tensor of ``trace``
+    unwrapped, anything else as it is), its variable id on ``trace`` (-1 when it is not a
+    Tensor of ``trace``), and whether some value is still a Tensor (of an outer trace or a
+    constant), so that the call must go through :func:`bind` again rather than the kernel.
+    Refuses a call once the trace's transform has returned (an escaped tracer).
+    """
+    if not trace.recording:
+        _escaped(prim)
+    vals = []
+    ids = []
+    nested = False
+    for a in args:
+        if type(a) is Tensor:
+            if a._trace is trace:
+                v = a._value
+                vals.append(v)
+                ids.append(a._id)
+                if type(v) is Tensor:
+                    nested = True
+                continue
+            nested = True
+        vals.append(a)
+        ids.append(-1)
+    return vals, ids, nested
+
+
 # ---- the gradient tape ---------------------------------------------------------------
 
 class GradTrace:
@@ -229,23 +258,7 @@ class GradTrace:
         return Tensor(value, self, len(self.nodes) - 1)
 
     def process(self, prim: Primitive, args, params: dict) -> Any:
-        if not self.recording:
-            _escaped(prim)
-        vals = []
-        parents = []
-        nested = False
-        for a in args:
-            if type(a) is Tensor:
-                if a._trace is self:
-                    v = a._value
-                    vals.append(v)
-                    parents.append(a._id)
-                    if type(v) is Tensor:
-                        nested = True
-                    continue
-                nested = True
-            vals.append(a)
-            parents.append(-1)
+        vals, parents, nested = unbox(self, prim, args)
         out = bind(prim, vals, params) if nested else _run(prim, vals, params)
         if not prim.differentiable:
             return out
@@ -328,17 +341,9 @@ class JVPTrace:
         return None
 
     def process(self, prim: Primitive, args, params: dict) -> Any:
-        if not self.recording:
-            _escaped(prim)
-        vals = []
-        tans = []
-        for a in args:
-            if type(a) is Tensor and a._trace is self:
-                vals.append(a._value)
-                tans.append(self.tangents[a._id])
-            else:
-                vals.append(a)
-                tans.append(None)
+        vals, ids, _ = unbox(self, prim, args)
+        tangents = self.tangents
+        tans = [None if i < 0 else tangents[i] for i in ids]
         out = bind(prim, vals, params)
         if not prim.differentiable:
             return out
@@ -437,17 +442,8 @@ class CaptureTrace:
         return Tensor(value, self, v.id)
 
     def process(self, prim: Primitive, args, params: dict) -> Any:
-        if not self.recording:
-            _escaped(prim)
-        vals = []
-        ins = []
-        for a in args:
-            if type(a) is Tensor and a._trace is self:
-                vals.append(a._value)
-                ins.append(self.vars[a._id])
-            else:
-                vals.append(a)
-                ins.append(a)
+        vals, ids, _ = unbox(self, prim, args)
+        ins = [a if i < 0 else self.vars[i] for a, i in zip(args, ids)]
         out = bind(prim, vals, params)
         v = self._new_var(out)
         self.eqns.append(Eqn(prim, ins, params, v, phase.name))
