@@ -31,6 +31,11 @@ from .config import config
 _levels = itertools.count(1)
 
 
+def new_level() -> int:
+    """A level above every trace's so far: a trace created later is an inner one."""
+    return next(_levels)
+
+
 class _Phase:
     """Which sweep is running: "forward" or "backward" (shown by ``make_tape``)."""
 
@@ -249,7 +254,7 @@ class GradTrace:
     refuses_concrete = False  # its Tensors may be read as values (bool(), float(), .data)
 
     def __init__(self) -> None:
-        self.level = next(_levels)
+        self.level = new_level()
         self.nodes: list[tuple] = []
         self.recording = True  # False once the transform's forward pass has returned
 
@@ -265,136 +270,6 @@ class GradTrace:
         nodes = self.nodes
         nodes.append((prim, vals, parents, params, out))
         return Tensor(out, self, len(nodes) - 1)
-
-    def backward(self, seeds: list[tuple[int, Any]], wanted: list[int]) -> list[Any]:
-        """Sweep the tape in reverse from ``seeds`` (variable id, cotangent).
-
-        Returns the cotangent of each ``wanted`` variable (None where the
-        output does not depend on it). The rules run on the values one level
-        down, so an enclosing trace records this sweep.
-        """
-        add = ops.add
-        nodes = self.nodes
-        cts: list[Any] = [None] * len(nodes)
-        for i, g in seeds:
-            cts[i] = g if cts[i] is None else add(cts[i], g)
-        want = set(wanted)
-        kept: dict[int, Any] = {}
-        start = max(i for i, _ in seeds)
-        saved_phase = phase.name
-        phase.name = "backward"
-        try:
-            for i in range(start, -1, -1):
-                g = cts[i]
-                if g is None:
-                    continue
-                if i in want:
-                    kept[i] = g
-                prim, vals, parents, params, out = nodes[i]
-                if prim is None:
-                    continue
-                cts[i] = None
-                rules = prim.vjps
-                if prim.vjp_pre is not None:
-                    g = prim.vjp_pre(g, out, *vals, **params)
-                for j, p in enumerate(parents):
-                    if p < 0:
-                        continue
-                    if prim.vjp_argnum is not None:
-                        c = prim.vjp_argnum(j, g, out, vals, params)
-                    else:
-                        if j >= len(rules):
-                            raise TypeError(
-                                f"{prim.name} has no VJP rule for argument {j}; "
-                                "register one with tm.defvjp"
-                            )
-                        rule = rules[j]
-                        if rule is None:  # declared non-differentiable there: zero cotangent
-                            continue
-                        c = rule(g, out, *vals, **params)
-                    cts[p] = c if cts[p] is None else add(cts[p], c)
-        finally:
-            phase.name = saved_phase
-        return [kept.get(i) for i in wanted]
-
-
-# ---- forward mode ----------------------------------------------------------------------
-
-class JVPTrace:
-    """Forward mode: every value carries a tangent (a dual number, one level down)."""
-
-    __slots__ = ("level", "tangents", "recording", "__weakref__")
-    refuses_concrete = False
-
-    def __init__(self) -> None:
-        self.level = next(_levels)
-        self.tangents: list[Any] = []
-        self.recording = True
-
-    def new(self, value: Any, tangent: Any) -> Tensor:
-        self.tangents.append(tangent)
-        return Tensor(value, self, len(self.tangents) - 1)
-
-    def tangent_of(self, x: Any) -> Any:
-        if type(x) is Tensor and x._trace is self:
-            return self.tangents[x._id]
-        return None
-
-    def process(self, prim: Primitive, args, params: dict) -> Any:
-        vals, ids, _ = unbox(self, prim, args)
-        tangents = self.tangents
-        tans = [None if i < 0 else tangents[i] for i in ids]
-        out = bind(prim, vals, params)
-        if not prim.differentiable:
-            return out
-        if prim.jvp_all is not None:
-            t_out = prim.jvp_all(tans, out, vals, params)
-        elif prim.jvps:
-            t_out = None
-            rules = prim.jvps
-            for j, t in enumerate(tans):
-                if t is None:
-                    continue
-                rule = rules[j] if j < len(rules) else _missing_jvp(prim, j)
-                if rule is None:
-                    continue
-                c = rule(t, out, *vals, **params)
-                t_out = c if t_out is None else ops.add(t_out, c)
-        else:
-            t_out = _jvp_by_transposing_vjp(prim, vals, tans, params)
-        if t_out is None:
-            return out
-        out_shape = getattr(out, "shape", ())
-        if getattr(t_out, "shape", ()) != out_shape:
-            t_out = ops.broadcast_to(t_out, out_shape)
-        return self.new(out, t_out)
-
-
-def _missing_jvp(prim: Primitive, j: int) -> Any:
-    raise TypeError(f"{prim.name} has no JVP rule for argument {j}; register one with "
-                    "tm.defjvp")
-
-
-def _jvp_by_transposing_vjp(prim: Primitive, vals: list, tans: list, params: dict) -> Any:
-    """J t for a primitive with VJP rules only: the VJP is linear in its cotangent,
-    so J t is the VJP of (u ↦ Jᵀu), taken at u = 0, with cotangent t."""
-    from .transforms import vjp
-
-    active = [j for j, t in enumerate(tans) if t is not None]
-    idx = {j: k for k, j in enumerate(active)}
-
-    def f(*xs: Any) -> Any:
-        full = list(vals)
-        for j in active:
-            full[j] = xs[idx[j]]
-        return prim(*full, **params)
-
-    out, vjp_fn = vjp(f, *[vals[j] for j in active])
-    xp = kernels.get_backend()
-    zero = xp.zeros(getattr(out, "shape", ()), getattr(out, "dtype", None))
-    _, transpose_fn = vjp(vjp_fn, zero)
-    (t_out,) = transpose_fn(tuple(tans[j] for j in active))
-    return t_out
 
 
 # ---- the capture trace ----------------------------------------------------------------
@@ -427,7 +302,7 @@ class CaptureTrace:
     refuses_concrete = True  # a recorded program must not depend on the values it sees
 
     def __init__(self) -> None:
-        self.level = next(_levels)
+        self.level = new_level()
         self.vars: list[Var] = []
         self.eqns: list[Eqn] = []
         self.recording = True
@@ -468,5 +343,4 @@ def _var_name(i: int) -> str:
     return s
 
 
-from . import ops  # noqa: E402  (the rules' add and broadcast_to; ops imports this module)
 from .tensor import Tensor  # noqa: E402  (Tensor's operators need this module's bind)

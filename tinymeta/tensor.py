@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from . import kernels
+
 
 class Tensor:
     """An immutable array on a tape. Build constants with :func:`tinymeta.tensor`."""
@@ -193,6 +195,26 @@ class Tensor:
 
     @property
     def T(self): return _ops.transpose(self, None)
+
+
+def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:
+    """A constant Tensor holding a read-only copy of ``data`` (on the active backend).
+
+    tinymeta is functional: derivatives come from ``grad`` / ``vjp`` applied to a
+    function, not from flags on arrays, so ``requires_grad=True`` is refused with
+    a pointer to ``tm.grad``.
+    """
+    if requires_grad:
+        raise ValueError(
+            "tensor: requires_grad=True is not how tinymeta takes derivatives; write a "
+            "function f(x) and call tm.grad(f)(x) (or tm.vjp(f, x)) instead"
+        )
+    if type(data) is Tensor:
+        data = data._raw()
+    arr = kernels.get_backend().asarray(data, dtype=dtype).copy()
+    if isinstance(arr, np.ndarray):  # (cupy arrays have no write lock: immutable by convention)
+        arr.flags.writeable = False
+    return Tensor(arr)
 
 
 def _user_line() -> str:
