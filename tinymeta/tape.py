@@ -1,22 +1,22 @@
-"""The tape: primitives, trace levels and the reverse sweep.
+"""The tape: primitives, trace levels, and the gradient tape they are recorded on.
 
 A *primitive* is an array function with a VJP rule per argument. Calling one
 (``bind``) looks at its arguments: plain arrays go straight to the backend
-kernel; Tensors are handed to the innermost *trace* among them.
+kernel; Tensors are handed to the innermost *trace* among them, whose
+``process(prim, args, params)`` sees them through :func:`unbox`.
 
-Two kinds of trace record primitive calls:
+``GradTrace`` (one per ``grad`` / ``vjp``) is a Wengert list of nodes
+``(primitive, input values, parent ids, params, output value)``. Its values live
+one level down, so that a ``grad`` inside a ``grad`` records its own forward and
+backward sweeps on the outer tape: gradients of gradients to any order, with
+perturbations of different levels kept apart. The reverse sweep over it is
+:func:`tinymeta.transforms.reverse.backward`; the other traces are forward mode's
+``JVPTrace`` (:mod:`tinymeta.transforms.forward`) and ``make_tape``'s
+``CaptureTrace`` (:mod:`tinymeta.compile`).
 
-- ``GradTrace`` (one per ``grad`` / ``vjp``): a Wengert list of nodes
-  ``(primitive, input values, parent ids, params, output value)``. Its values
-  live one level down, so that a ``grad`` inside a ``grad`` records its own
-  forward and backward sweeps on the outer tape: gradients of gradients to
-  any order, with perturbations of different levels kept apart.
-- ``CaptureTrace`` (``make_tape``): the flat program of every primitive call,
-  forward and backward, that ``make_tape`` prints and that can be replayed.
-
-Traces are numbered by a global counter; a trace created later is an inner
-one. A tape lives as long as the Tensors that point to it: once ``grad``
-returns, nothing refers to it and its memory goes.
+Traces are numbered by a global counter (:func:`new_level`); a trace created
+later is an inner one. A tape lives as long as the Tensors that point to it:
+once ``grad`` returns, nothing refers to it and its memory goes.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 
 from . import kernels
 from .config import config
+from .tensor import Tensor
 
 _levels = itertools.count(1)
 
@@ -248,7 +249,10 @@ def unbox(trace: Any, prim: Primitive, args: tuple | list) -> tuple[list, list[i
 # ---- the gradient tape ---------------------------------------------------------------
 
 class GradTrace:
-    """A Wengert list for reverse mode: row i is the call that produced variable i."""
+    """A Wengert list for reverse mode: row i is the call that produced variable i.
+
+    Recording only; :func:`tinymeta.transforms.reverse.backward` sweeps it.
+    """
 
     __slots__ = ("level", "nodes", "recording", "__weakref__")
     refuses_concrete = False  # its Tensors may be read as values (bool(), float(), .data)
@@ -270,77 +274,3 @@ class GradTrace:
         nodes = self.nodes
         nodes.append((prim, vals, parents, params, out))
         return Tensor(out, self, len(nodes) - 1)
-
-
-# ---- the capture trace ----------------------------------------------------------------
-
-class Var:
-    """A variable of a captured program."""
-
-    __slots__ = ("id", "shape", "dtype")
-
-    def __init__(self, id: int, shape: tuple, dtype: Any) -> None:
-        self.id, self.shape, self.dtype = id, shape, dtype
-
-    def __repr__(self) -> str:
-        return _var_name(self.id)
-
-
-class Eqn:
-    """One row of a captured program: ``out = prim(*ins, **params)``."""
-
-    __slots__ = ("prim", "ins", "params", "out", "phase")
-
-    def __init__(self, prim: Primitive, ins: list, params: dict, out: Var, phase: str) -> None:
-        self.prim, self.ins, self.params, self.out, self.phase = prim, ins, params, out, phase
-
-
-class CaptureTrace:
-    """Records every primitive call as a flat program on variables (``make_tape``)."""
-
-    __slots__ = ("level", "vars", "eqns", "recording", "__weakref__")
-    refuses_concrete = True  # a recorded program must not depend on the values it sees
-
-    def __init__(self) -> None:
-        self.level = new_level()
-        self.vars: list[Var] = []
-        self.eqns: list[Eqn] = []
-        self.recording = True
-
-    def _new_var(self, value: Any) -> Var:
-        v = Var(len(self.vars), tuple(_shape_of(value)), _dtype_of(value))
-        self.vars.append(v)
-        return v
-
-    def new_input(self, value: Any) -> Tensor:
-        v = self._new_var(value)
-        return Tensor(value, self, v.id)
-
-    def process(self, prim: Primitive, args, params: dict) -> Any:
-        vals, ids, _ = unbox(self, prim, args)
-        ins = [a if i < 0 else self.vars[i] for a, i in zip(args, ids)]
-        out = bind(prim, vals, params)
-        v = self._new_var(out)
-        self.eqns.append(Eqn(prim, ins, params, v, phase.name))
-        return Tensor(out, self, v.id)
-
-
-def _shape_of(x: Any) -> tuple:
-    return tuple(getattr(x, "shape", ()))
-
-
-def _dtype_of(x: Any) -> Any:
-    return getattr(x, "dtype", type(x).__name__)
-
-
-def _var_name(i: int) -> str:
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    s = ""
-    i += 1
-    while i:
-        i, r = divmod(i - 1, 26)
-        s = letters[r] + s
-    return s
-
-
-from .tensor import Tensor  # noqa: E402  (Tensor's operators need this module's bind)

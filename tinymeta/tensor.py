@@ -5,18 +5,37 @@ read-only array. Inside a transform, a Tensor is a *box*: ``_value`` is the
 value one trace level down (an array, or a Tensor of an outer trace), and
 ``(_trace, _id)`` is its variable on the tape of its own level.
 
-Operators and methods mirror ``ndarray``'s and call tinymeta's primitives.
-``__array_ufunc__ = None`` makes NumPy defer to the Tensor in mixed expressions
-(``ndarray @ Tensor`` reaches ``Tensor.__rmatmul__``).
+Operators and methods mirror ``ndarray``'s and call tinymeta's primitives, which
+:mod:`tinymeta.ops` (a layer above) hands down with :func:`install_ops`: this
+module imports no part of it. ``__array_ufunc__ = None`` makes NumPy defer to the
+Tensor in mixed expressions (``ndarray @ Tensor`` reaches ``Tensor.__rmatmul__``).
+
+A trace is any object with ``level`` (an int: a trace created later is an inner one
+with a higher level), ``refuses_concrete`` (True when its recording must not depend
+on values: ``bool()``, ``float()``, ``.data`` of its Tensors then raise) and
+``process(prim, args, params)``; this module knows no trace class.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import numpy as np
 
 from . import kernels
+
+# the primitive table behind Tensor's operators and methods: tinymeta.ops.numpy_ops
+_ops: Any = None
+
+
+def install_ops(table: Any) -> None:
+    """Make ``table`` the primitives Tensor's operators and methods call: ``table.add``
+    for ``x + y``, ``table.matmul`` for ``x @ y``, ``table.sum`` for ``x.sum()``, ...
+    :mod:`tinymeta.ops.numpy_ops` calls it once its table is defined."""
+    global _ops
+    _ops = table
 
 
 class Tensor:
@@ -219,9 +238,6 @@ def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:
 
 def _user_line() -> str:
     """file:line of the innermost stack frame outside the tinymeta and NumPy packages."""
-    import os
-    import sys
-
     here = os.path.dirname(os.path.abspath(__file__))
     numpy_dir = os.path.dirname(os.path.abspath(np.__file__))
     frame = sys._getframe(1)
@@ -232,5 +248,3 @@ def _user_line() -> str:
         frame = frame.f_back
     return "<unknown>"
 
-
-from . import ops as _ops  # noqa: E402  (ops imports Tensor)

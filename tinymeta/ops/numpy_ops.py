@@ -16,13 +16,14 @@ float32 ``x`` float32. The fused model primitives built on this table (``linear`
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
 
 from ..kernels import get_backend
 from ..tape import Primitive, defjvp, defjvp_all, defvjp, defvjp_argnum
-from ..tensor import Tensor
+from ..tensor import Tensor, install_ops
 
 # ---- helpers ------------------------------------------------------------------------
 
@@ -571,3 +572,12 @@ def dot(x: Any, y: Any) -> Any:
 
 
 vdot = dot
+
+
+# =====================================================================================
+# Tensor's operators
+# =====================================================================================
+# tensor.py, a layer below, cannot import this table, so the table hands itself down:
+# x + y calls add(x, y), x @ y matmul(x, y), x.sum() sum(x), and so on.
+
+install_ops(sys.modules[__name__])
