@@ -56,7 +56,7 @@ from .ops import (
     where,
 )
 from .tape import Primitive, defjvp, defjvp_all, defvjp, defvjp_argnum, primitive
-from .tensor import Tensor
+from .tensor import Tensor, tensor
 from .transforms import (
     grad,
     hessian,
@@ -64,11 +64,11 @@ from .transforms import (
     hvp_rev,
     jacobian,
     jvp,
-    tensor,
+    ravel_pytree,
     value_and_grad,
     vjp,
 )
-from .tree import ravel_pytree, tree_flatten, tree_leaves, tree_map, tree_unflatten
+from .tree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 from .version import __version__
 
 __all__ = [name for name in dir() if not name.startswith("_")]

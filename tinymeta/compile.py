@@ -1,6 +1,6 @@
 """The tape as a program: ``make_tape`` records it, ``compile`` replays it.
 
-``make_tape(f)(*args)`` runs ``f`` once under a :class:`~tinymeta.tape.CaptureTrace`,
+``make_tape(f)(*args)`` runs ``f`` once under a :class:`CaptureTrace`,
 which records every primitive call on backend arrays (the forward pass and, under
 ``grad``, the reverse sweep) as a flat list of equations on variables, like a jaxpr.
 
@@ -27,10 +27,89 @@ from typing import Any
 import numpy as np
 
 from . import kernels, ops
-from .tape import CaptureTrace, Eqn, Var, _var_name
+from .tape import Primitive, bind, new_level, phase, unbox
 from .tensor import Tensor
 from .transforms import value_and_grad
 from .tree import tree_flatten, tree_unflatten
+
+# ---- the capture trace ----------------------------------------------------------------
+
+
+class Var:
+    """A variable of a captured program."""
+
+    __slots__ = ("id", "shape", "dtype")
+
+    def __init__(self, id: int, shape: tuple, dtype: Any) -> None:
+        self.id, self.shape, self.dtype = id, shape, dtype
+
+    def __repr__(self) -> str:
+        return _var_name(self.id)
+
+
+class Eqn:
+    """One row of a captured program: ``out = prim(*ins, **params)``."""
+
+    __slots__ = ("prim", "ins", "params", "out", "phase")
+
+    def __init__(self, prim: Primitive, ins: list, params: dict, out: Var, phase: str) -> None:
+        self.prim, self.ins, self.params, self.out, self.phase = prim, ins, params, out, phase
+
+
+class CaptureTrace:
+    """Records every primitive call as a flat program on variables (``make_tape``).
+
+    Every call, forward and (under ``grad``) backward, becomes one :class:`Eqn` on
+    variables (:class:`Var`), like a jaxpr: the program a :class:`Tape` prints and
+    replays. Its Tensors refuse to be read as values (``refuses_concrete``).
+    """
+
+    __slots__ = ("level", "vars", "eqns", "recording", "__weakref__")
+    refuses_concrete = True  # a recorded program must not depend on the values it sees
+
+    def __init__(self) -> None:
+        self.level = new_level()
+        self.vars: list[Var] = []
+        self.eqns: list[Eqn] = []
+        self.recording = True
+
+    def _new_var(self, value: Any) -> Var:
+        v = Var(len(self.vars), tuple(_shape_of(value)), _dtype_of(value))
+        self.vars.append(v)
+        return v
+
+    def new_input(self, value: Any) -> Tensor:
+        v = self._new_var(value)
+        return Tensor(value, self, v.id)
+
+    def process(self, prim: Primitive, args, params: dict) -> Any:
+        vals, ids, _ = unbox(self, prim, args)
+        ins = [a if i < 0 else self.vars[i] for a, i in zip(args, ids)]
+        out = bind(prim, vals, params)
+        v = self._new_var(out)
+        self.eqns.append(Eqn(prim, ins, params, v, phase.name))
+        return Tensor(out, self, v.id)
+
+
+def _shape_of(x: Any) -> tuple:
+    return tuple(getattr(x, "shape", ()))
+
+
+def _dtype_of(x: Any) -> Any:
+    return getattr(x, "dtype", type(x).__name__)
+
+
+def _var_name(i: int) -> str:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    s = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        s = letters[r] + s
+    return s
+
+
+# ---- the recorded program and its replay -------------------------------------------------
 
 _STATIC = (int, float, bool, complex, str, type(None), np.dtype)
 

@@ -1,22 +1,22 @@
-"""The tape: primitives, trace levels and the reverse sweep.
+"""The tape: primitives, trace levels, and the gradient tape they are recorded on.
 
 A *primitive* is an array function with a VJP rule per argument. Calling one
 (``bind``) looks at its arguments: plain arrays go straight to the backend
-kernel; Tensors are handed to the innermost *trace* among them.
+kernel; Tensors are handed to the innermost *trace* among them, whose
+``process(prim, args, params)`` sees them through :func:`unbox`.
 
-Two kinds of trace record primitive calls:
+``GradTrace`` (one per ``grad`` / ``vjp``) is a Wengert list of nodes
+``(primitive, input values, parent ids, params, output value)``. Its values live
+one level down, so that a ``grad`` inside a ``grad`` records its own forward and
+backward sweeps on the outer tape: gradients of gradients to any order, with
+perturbations of different levels kept apart. The reverse sweep over it is
+:func:`tinymeta.transforms.reverse.backward`; the other traces are forward mode's
+``JVPTrace`` (:mod:`tinymeta.transforms.forward`) and ``make_tape``'s
+``CaptureTrace`` (:mod:`tinymeta.compile`).
 
-- ``GradTrace`` (one per ``grad`` / ``vjp``): a Wengert list of nodes
-  ``(primitive, input values, parent ids, params, output value)``. Its values
-  live one level down, so that a ``grad`` inside a ``grad`` records its own
-  forward and backward sweeps on the outer tape: gradients of gradients to
-  any order, with perturbations of different levels kept apart.
-- ``CaptureTrace`` (``make_tape``): the flat program of every primitive call,
-  forward and backward, that ``make_tape`` prints and that can be replayed.
-
-Traces are numbered by a global counter; a trace created later is an inner
-one. A tape lives as long as the Tensors that point to it: once ``grad``
-returns, nothing refers to it and its memory goes.
+Traces are numbered by a global counter (:func:`new_level`); a trace created
+later is an inner one. A tape lives as long as the Tensors that point to it:
+once ``grad`` returns, nothing refers to it and its memory goes.
 """
 
 from __future__ import annotations
@@ -27,8 +27,14 @@ from typing import Any
 
 from . import kernels
 from .config import config
+from .tensor import Tensor
 
 _levels = itertools.count(1)
+
+
+def new_level() -> int:
+    """A level above every trace's so far: a trace created later is an inner one."""
+    return next(_levels)
 
 
 class _Phase:
@@ -211,15 +217,48 @@ def _escaped(prim: Primitive) -> None:
     )
 
 
+def unbox(trace: Any, prim: Primitive, args: tuple | list) -> tuple[list, list[int], bool]:
+    """The arguments of a call of ``prim`` as ``trace`` sees them (every trace's ``process``).
+
+    Returns ``(vals, ids, nested)``: each argument one level down (a Tensor of ``trace``
+    unwrapped, anything else as it is), its variable id on ``trace`` (-1 when it is not a
+    Tensor of ``trace``), and whether some value is still a Tensor (of an outer trace or a
+    constant), so that the call must go through :func:`bind` again rather than the kernel.
+    Refuses a call once the trace's transform has returned (an escaped tracer).
+    """
+    if not trace.recording:
+        _escaped(prim)
+    vals = []
+    ids = []
+    nested = False
+    for a in args:
+        if type(a) is Tensor:
+            if a._trace is trace:
+                v = a._value
+                vals.append(v)
+                ids.append(a._id)
+                if type(v) is Tensor:
+                    nested = True
+                continue
+            nested = True
+        vals.append(a)
+        ids.append(-1)
+    return vals, ids, nested
+
+
 # ---- the gradient tape ---------------------------------------------------------------
 
 class GradTrace:
-    """A Wengert list for reverse mode: row i is the call that produced variable i."""
+    """A Wengert list for reverse mode: row i is the call that produced variable i.
+
+    Recording only; :func:`tinymeta.transforms.reverse.backward` sweeps it.
+    """
 
     __slots__ = ("level", "nodes", "recording", "__weakref__")
+    refuses_concrete = False  # its Tensors may be read as values (bool(), float(), .data)
 
     def __init__(self) -> None:
-        self.level = next(_levels)
+        self.level = new_level()
         self.nodes: list[tuple] = []
         self.recording = True  # False once the transform's forward pass has returned
 
@@ -228,246 +267,10 @@ class GradTrace:
         return Tensor(value, self, len(self.nodes) - 1)
 
     def process(self, prim: Primitive, args, params: dict) -> Any:
-        if not self.recording:
-            _escaped(prim)
-        vals = []
-        parents = []
-        nested = False
-        for a in args:
-            if type(a) is Tensor:
-                if a._trace is self:
-                    v = a._value
-                    vals.append(v)
-                    parents.append(a._id)
-                    if type(v) is Tensor:
-                        nested = True
-                    continue
-                nested = True
-            vals.append(a)
-            parents.append(-1)
+        vals, parents, nested = unbox(self, prim, args)
         out = bind(prim, vals, params) if nested else _run(prim, vals, params)
         if not prim.differentiable:
             return out
         nodes = self.nodes
         nodes.append((prim, vals, parents, params, out))
         return Tensor(out, self, len(nodes) - 1)
-
-    def backward(self, seeds: list[tuple[int, Any]], wanted: list[int]) -> list[Any]:
-        """Sweep the tape in reverse from ``seeds`` (variable id, cotangent).
-
-        Returns the cotangent of each ``wanted`` variable (None where the
-        output does not depend on it). The rules run on the values one level
-        down, so an enclosing trace records this sweep.
-        """
-        add = ops.add
-        nodes = self.nodes
-        cts: list[Any] = [None] * len(nodes)
-        for i, g in seeds:
-            cts[i] = g if cts[i] is None else add(cts[i], g)
-        want = set(wanted)
-        kept: dict[int, Any] = {}
-        start = max(i for i, _ in seeds)
-        saved_phase = phase.name
-        phase.name = "backward"
-        try:
-            for i in range(start, -1, -1):
-                g = cts[i]
-                if g is None:
-                    continue
-                if i in want:
-                    kept[i] = g
-                prim, vals, parents, params, out = nodes[i]
-                if prim is None:
-                    continue
-                cts[i] = None
-                rules = prim.vjps
-                if prim.vjp_pre is not None:
-                    g = prim.vjp_pre(g, out, *vals, **params)
-                for j, p in enumerate(parents):
-                    if p < 0:
-                        continue
-                    if prim.vjp_argnum is not None:
-                        c = prim.vjp_argnum(j, g, out, vals, params)
-                    else:
-                        if j >= len(rules):
-                            raise TypeError(
-                                f"{prim.name} has no VJP rule for argument {j}; "
-                                "register one with tm.defvjp"
-                            )
-                        rule = rules[j]
-                        if rule is None:  # declared non-differentiable there: zero cotangent
-                            continue
-                        c = rule(g, out, *vals, **params)
-                    cts[p] = c if cts[p] is None else add(cts[p], c)
-        finally:
-            phase.name = saved_phase
-        return [kept.get(i) for i in wanted]
-
-
-# ---- forward mode ----------------------------------------------------------------------
-
-class JVPTrace:
-    """Forward mode: every value carries a tangent (a dual number, one level down)."""
-
-    __slots__ = ("level", "tangents", "recording", "__weakref__")
-
-    def __init__(self) -> None:
-        self.level = next(_levels)
-        self.tangents: list[Any] = []
-        self.recording = True
-
-    def new(self, value: Any, tangent: Any) -> Tensor:
-        self.tangents.append(tangent)
-        return Tensor(value, self, len(self.tangents) - 1)
-
-    def tangent_of(self, x: Any) -> Any:
-        if type(x) is Tensor and x._trace is self:
-            return self.tangents[x._id]
-        return None
-
-    def process(self, prim: Primitive, args, params: dict) -> Any:
-        if not self.recording:
-            _escaped(prim)
-        vals = []
-        tans = []
-        for a in args:
-            if type(a) is Tensor and a._trace is self:
-                vals.append(a._value)
-                tans.append(self.tangents[a._id])
-            else:
-                vals.append(a)
-                tans.append(None)
-        out = bind(prim, vals, params)
-        if not prim.differentiable:
-            return out
-        if prim.jvp_all is not None:
-            t_out = prim.jvp_all(tans, out, vals, params)
-        elif prim.jvps:
-            t_out = None
-            rules = prim.jvps
-            for j, t in enumerate(tans):
-                if t is None:
-                    continue
-                rule = rules[j] if j < len(rules) else _missing_jvp(prim, j)
-                if rule is None:
-                    continue
-                c = rule(t, out, *vals, **params)
-                t_out = c if t_out is None else ops.add(t_out, c)
-        else:
-            t_out = _jvp_by_transposing_vjp(prim, vals, tans, params)
-        if t_out is None:
-            return out
-        out_shape = getattr(out, "shape", ())
-        if getattr(t_out, "shape", ()) != out_shape:
-            t_out = ops.broadcast_to(t_out, out_shape)
-        return self.new(out, t_out)
-
-
-def _missing_jvp(prim: Primitive, j: int) -> Any:
-    raise TypeError(f"{prim.name} has no JVP rule for argument {j}; register one with "
-                    "tm.defjvp")
-
-
-def _jvp_by_transposing_vjp(prim: Primitive, vals: list, tans: list, params: dict) -> Any:
-    """J t for a primitive with VJP rules only: the VJP is linear in its cotangent,
-    so J t is the VJP of (u ↦ Jᵀu), taken at u = 0, with cotangent t."""
-    from .transforms import vjp
-
-    active = [j for j, t in enumerate(tans) if t is not None]
-    idx = {j: k for k, j in enumerate(active)}
-
-    def f(*xs: Any) -> Any:
-        full = list(vals)
-        for j in active:
-            full[j] = xs[idx[j]]
-        return prim(*full, **params)
-
-    out, vjp_fn = vjp(f, *[vals[j] for j in active])
-    xp = kernels.get_backend()
-    zero = xp.zeros(getattr(out, "shape", ()), getattr(out, "dtype", None))
-    _, transpose_fn = vjp(vjp_fn, zero)
-    (t_out,) = transpose_fn(tuple(tans[j] for j in active))
-    return t_out
-
-
-# ---- the capture trace ----------------------------------------------------------------
-
-class Var:
-    """A variable of a captured program."""
-
-    __slots__ = ("id", "shape", "dtype")
-
-    def __init__(self, id: int, shape: tuple, dtype: Any) -> None:
-        self.id, self.shape, self.dtype = id, shape, dtype
-
-    def __repr__(self) -> str:
-        return _var_name(self.id)
-
-
-class Eqn:
-    """One row of a captured program: ``out = prim(*ins, **params)``."""
-
-    __slots__ = ("prim", "ins", "params", "out", "phase")
-
-    def __init__(self, prim: Primitive, ins: list, params: dict, out: Var, phase: str) -> None:
-        self.prim, self.ins, self.params, self.out, self.phase = prim, ins, params, out, phase
-
-
-class CaptureTrace:
-    """Records every primitive call as a flat program on variables (``make_tape``)."""
-
-    __slots__ = ("level", "vars", "eqns", "recording", "__weakref__")
-
-    def __init__(self) -> None:
-        self.level = next(_levels)
-        self.vars: list[Var] = []
-        self.eqns: list[Eqn] = []
-        self.recording = True
-
-    def _new_var(self, value: Any) -> Var:
-        v = Var(len(self.vars), tuple(_shape_of(value)), _dtype_of(value))
-        self.vars.append(v)
-        return v
-
-    def new_input(self, value: Any) -> Tensor:
-        v = self._new_var(value)
-        return Tensor(value, self, v.id)
-
-    def process(self, prim: Primitive, args, params: dict) -> Any:
-        if not self.recording:
-            _escaped(prim)
-        vals = []
-        ins = []
-        for a in args:
-            if type(a) is Tensor and a._trace is self:
-                vals.append(a._value)
-                ins.append(self.vars[a._id])
-            else:
-                vals.append(a)
-                ins.append(a)
-        out = bind(prim, vals, params)
-        v = self._new_var(out)
-        self.eqns.append(Eqn(prim, ins, params, v, phase.name))
-        return Tensor(out, self, v.id)
-
-
-def _shape_of(x: Any) -> tuple:
-    return tuple(getattr(x, "shape", ()))
-
-
-def _dtype_of(x: Any) -> Any:
-    return getattr(x, "dtype", type(x).__name__)
-
-
-def _var_name(i: int) -> str:
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    s = ""
-    i += 1
-    while i:
-        i, r = divmod(i - 1, 26)
-        s = letters[r] + s
-    return s
-
-
-from . import ops  # noqa: E402  (the rules' add and broadcast_to; ops imports this module)
-from .tensor import Tensor  # noqa: E402  (Tensor's operators need this module's bind)

@@ -5,16 +5,37 @@ read-only array. Inside a transform, a Tensor is a *box*: ``_value`` is the
 value one trace level down (an array, or a Tensor of an outer trace), and
 ``(_trace, _id)`` is its variable on the tape of its own level.
 
-Operators and methods mirror ``ndarray``'s and call tinymeta's primitives.
-``__array_ufunc__ = None`` makes NumPy defer to the Tensor in mixed expressions
-(``ndarray @ Tensor`` reaches ``Tensor.__rmatmul__``).
+Operators and methods mirror ``ndarray``'s and call tinymeta's primitives, which
+:mod:`tinymeta.ops` (a layer above) hands down with :func:`install_ops`: this
+module imports no part of it. ``__array_ufunc__ = None`` makes NumPy defer to the
+Tensor in mixed expressions (``ndarray @ Tensor`` reaches ``Tensor.__rmatmul__``).
+
+A trace is any object with ``level`` (an int: a trace created later is an inner one
+with a higher level), ``refuses_concrete`` (True when its recording must not depend
+on values: ``bool()``, ``float()``, ``.data`` of its Tensors then raise) and
+``process(prim, args, params)``; this module knows no trace class.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import numpy as np
+
+from . import kernels
+
+# the primitive table behind Tensor's operators and methods: tinymeta.ops.numpy_ops
+_ops: Any = None
+
+
+def install_ops(table: Any) -> None:
+    """Make ``table`` the primitives Tensor's operators and methods call: ``table.add``
+    for ``x + y``, ``table.matmul`` for ``x @ y``, ``table.sum`` for ``x.sum()``, ...
+    :mod:`tinymeta.ops.numpy_ops` calls it once its table is defined."""
+    global _ops
+    _ops = table
 
 
 class Tensor:
@@ -37,11 +58,11 @@ class Tensor:
         return v
 
     def _captured(self) -> bool:
-        from .tape import CaptureTrace
-
+        # whether a trace at this level or below records a program that must not depend on
+        # values (make_tape / compile): its ``refuses_concrete`` says so
         t: Any = self
         while type(t) is Tensor:
-            if type(t._trace) is CaptureTrace:
+            if t._trace is not None and t._trace.refuses_concrete:
                 return True
             t = t._value
         return False
@@ -195,11 +216,28 @@ class Tensor:
     def T(self): return _ops.transpose(self, None)
 
 
+def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:
+    """A constant Tensor holding a read-only copy of ``data`` (on the active backend).
+
+    tinymeta is functional: derivatives come from ``grad`` / ``vjp`` applied to a
+    function, not from flags on arrays, so ``requires_grad=True`` is refused with
+    a pointer to ``tm.grad``.
+    """
+    if requires_grad:
+        raise ValueError(
+            "tensor: requires_grad=True is not how tinymeta takes derivatives; write a "
+            "function f(x) and call tm.grad(f)(x) (or tm.vjp(f, x)) instead"
+        )
+    if type(data) is Tensor:
+        data = data._raw()
+    arr = kernels.get_backend().asarray(data, dtype=dtype).copy()
+    if isinstance(arr, np.ndarray):  # (cupy arrays have no write lock: immutable by convention)
+        arr.flags.writeable = False
+    return Tensor(arr)
+
+
 def _user_line() -> str:
     """file:line of the innermost stack frame outside the tinymeta and NumPy packages."""
-    import os
-    import sys
-
     here = os.path.dirname(os.path.abspath(__file__))
     numpy_dir = os.path.dirname(os.path.abspath(np.__file__))
     frame = sys._getframe(1)
@@ -210,5 +248,3 @@ def _user_line() -> str:
         frame = frame.f_back
     return "<unknown>"
 
-
-from . import ops as _ops  # noqa: E402  (ops imports Tensor)
