@@ -29,7 +29,8 @@ import numpy as np
 from . import kernels, ops
 from .tape import Primitive, bind, new_level, phase, unbox
 from .tensor import Tensor
-from .transforms import value_and_grad
+from .transforms import vjp
+from .transforms.boundary import argnums_tuple
 from .tree import tree_flatten, tree_unflatten
 
 # ---- the capture trace ----------------------------------------------------------------
@@ -180,6 +181,34 @@ class Tape:
             self._fn, self._source = _generate(self)
         return self._source
 
+    def to_dot(self) -> str:
+        """The tape as a Graphviz graph (DOT text; ``dot -Tsvg`` renders it).
+
+        A node per input, per equation (the equation, its value's dtype and shape) and per
+        output; an edge per input of an equation, labelled with the variable it carries.
+        In the backward section the seed ȳ = 1 (``make_tape(f, backward=True)``'s ``seed``
+        equation) and every variable computed from it are cotangents, linear in ȳ: an
+        edge from one of them is drawn red and labelled "cotangent". Any other edge there
+        carries a value the rule reads (a forward value, or a factor such as 1 − tanh²).
+        """
+        linear = _seed_dependent(self.eqns)
+        consts = itertools.count()
+        lines = ["digraph tape {", '  node [shape=box, fontname="Helvetica"];']
+        lines += _dot_cluster("inputs", [f'{_dot_id(v)} [shape=ellipse, label="{_typed(v)}"];'
+                                         for v in self.invars])
+        edges: list[str] = []
+        for section in ("forward", "backward"):
+            eqns = [e for e in self.eqns if e.phase == section]
+            lines += _dot_cluster(section, [_dot_node(e) for e in eqns])
+            for e in eqns:
+                for a in e.ins:
+                    edges += _dot_edge(a, _dot_id(e.out), section == "backward" and
+                                       type(a) is Var and a.id in linear, consts)
+        for i, o in enumerate(self.outs):
+            lines.append(f'  "out{i}" [shape=plaintext, label="returns[{i}]"];')
+            edges += _dot_edge(o, f'"out{i}"', False, consts)
+        return "\n".join(lines + edges + ["}"]) + "\n"
+
 
 def _key(a: Any) -> Any:
     # an equation's input or parameter as a dictionary key: Python scalars and other
@@ -306,6 +335,56 @@ def _show_index(i: Any) -> str:
     return repr(i)
 
 
+# ---- the tape as a graph (Tape.to_dot) ------------------------------------------------
+
+
+def _dot_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _dot_id(v: Var) -> str:
+    return f'"{_var_name(v.id)}"'  # quoted: a name such as "node" or "edge" is a DOT keyword
+
+
+def _dot_cluster(name: str, nodes: list[str]) -> list[str]:
+    if not nodes:
+        return []
+    return [f"  subgraph cluster_{name} {{", f'    label="{name}";'] + [
+        "    " + n for n in nodes] + ["  }"]
+
+
+def _seed_dependent(eqns: list) -> set[int]:
+    """The ids of the variables computed from the seed: the cotangents (linear in ȳ)."""
+    linear: set[int] = set()
+    for e in eqns:
+        if e.prim is seed or any(type(a) is Var and a.id in linear for a in e.ins):
+            linear.add(e.out.id)
+    return linear
+
+
+def _dot_node(e: Eqn) -> str:
+    text = [f"{_var_name(e.out.id)} = {e.prim.name} " + " ".join(_show_in(a) for a in e.ins)]
+    text += [f"{k}={_show_param(v)}" for k, v in e.params.items()]
+    text.append(f"{_short_dtype(e.out.dtype)}{list(e.out.shape)}")
+    if e.prim is seed and type(e.ins[0]) is Var:
+        y = _var_name(e.ins[0].id)
+        text.append(f"seed: \u2202{y}/\u2202{y} = 1")
+    label = "\\n".join(_dot_escape(t) for t in text)
+    return f'{_dot_id(e.out)} [label="{label}"' + (", style=bold];" if e.prim is seed else "];")
+
+
+def _dot_edge(a: Any, dst: str, cotangent: bool, consts: Any) -> list[str]:
+    """The edge from ``a`` (a variable, or a constant given a node k0, k1, …) to ``dst``."""
+    if type(a) is not Var:
+        k = f'"k{next(consts)}"'
+        return [f'  {k} [shape=plaintext, label="{_dot_escape(_show_in(a))}"];',
+                f'  {k} -> {dst} [label="constant"];']
+    if cotangent:
+        return [f'  {_dot_id(a)} -> {dst} [label="{_var_name(a.id)}: cotangent", '
+                'color="red", fontcolor="red"];']
+    return [f'  {_dot_id(a)} -> {dst} [label="{_var_name(a.id)}"];']
+
+
 def _capture(fn: Callable, args: tuple) -> tuple[Tape, Any]:
     """Run ``fn(*args)`` under a capture trace; return the tape and the result."""
     trace = CaptureTrace()
@@ -338,15 +417,54 @@ def _capture(fn: Callable, args: tuple) -> tuple[Tape, Any]:
     return tape, tree_unflatten(out_def, values)
 
 
+def _seed_ones(y: Any) -> Any:
+    return kernels.get_backend().ones(tuple(getattr(y, "shape", ())),
+                                      np.dtype(getattr(y, "dtype", np.float64)))
+
+
+# ȳ = ∂y/∂y = 1, the cotangent a reverse sweep starts from, as an equation of the tape
+# (make_tape(f, backward=True)) so that the printed sweep shows where it starts.
+seed = Primitive("seed", impl=_seed_ones, differentiable=False)
+
+
+def _value_and_grad_seeded(f: Callable, argnums: Any) -> Callable:
+    """``value_and_grad(f, argnums)`` with its seed ȳ = 1 computed by the ``seed`` primitive."""
+
+    def value_and_grad_f(*args: Any) -> tuple:
+        nums = argnums_tuple(argnums, len(args), "make_tape")
+
+        def partial(*diff: Any) -> Any:
+            full = list(args)
+            for n, d in zip(nums, diff):
+                full[n] = d
+            return f(*full)
+
+        out, vjp_fn = vjp(partial, *[args[n] for n in nums])
+        s, dt = ops.shape(out), np.dtype(getattr(out, "dtype", np.float64))
+        if s != () or dt.kind not in "fc":
+            raise TypeError(f"make_tape(backward=True) needs a scalar float output; got shape "
+                            f"{s}, dtype {dt}: use make_tape on a function that calls tm.vjp")
+        saved, phase.name = phase.name, "backward"  # the seed opens the backward section
+        try:
+            ybar = seed(out)
+        finally:
+            phase.name = saved
+        grads = vjp_fn(ybar)
+        return out, grads[0] if isinstance(argnums, int) else grads
+
+    return value_and_grad_f
+
+
 def make_tape(f: Callable, backward: bool = False, argnums: Any = 0) -> Callable:
     """Return a function that runs ``f`` and returns its recorded :class:`Tape`.
 
     With ``backward=True`` the tape is that of ``value_and_grad(f, argnums)``:
     the forward pass, then the reverse sweep, each primitive a line (as
-    ``jax.make_jaxpr`` shows a program). Python scalars among the arguments are
-    constants of the tape.
+    ``jax.make_jaxpr`` shows a program); the sweep starts from the equation
+    ``seed y``, the cotangent ȳ = ∂y/∂y = 1 of the output y. Python scalars among the
+    arguments are constants of the tape.
     """
-    fn = value_and_grad(f, argnums) if backward else f
+    fn = _value_and_grad_seeded(f, argnums) if backward else f
 
     def taped(*args: Any) -> Tape:
         return _capture(fn, args)[0]

@@ -1,11 +1,11 @@
 """The numba CPU backend: the NumPy reference, with numba kernels where they pay.
 
-Measured facts this file is built on (speed issue): numba loop kernels lose to
-OpenBLAS matmul at every size, so every matmul stays with NumPy's BLAS; numba wins
-where it fuses the elementwise work around a BLAS call (bias, activation, masks,
-reductions, vector updates) into one pass and removes Python calls. Every kernel
-here has the signature of the reference kernel of the same name and is tested
-against it. Arrays a kernel cannot take (mixed dtypes, odd layouts or broadcasts)
+Measured facts this file is built on (benchmarks/RESULTS.md, "The speed work"):
+numba loop kernels lose to OpenBLAS matmul at every size, so every matmul stays with
+NumPy's BLAS; numba wins where it fuses the elementwise work around a BLAS call (bias,
+activation, masks, reductions, vector updates) into one pass and removes Python calls.
+Every kernel here has the signature of the reference kernel of the same name and is
+tested against it. Arrays a kernel cannot take (mixed dtypes, odd layouts or broadcasts)
 go to the reference.
 """
 

@@ -1,7 +1,7 @@
 """Meta-learning algorithms, each ``f(loss_fn, params, batch, ...) -> (meta_gradient, info)``.
 
 ``loss_fn(params, x, y)`` receives params whose every leaf has the leading task axis B
-and returns per-task losses (B,); see DESIGN.md, "Task batching".
+and returns per-task losses (B,); see docs/maths.md, "Task batching".
 """
 
 from __future__ import annotations
