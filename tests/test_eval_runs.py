@@ -161,7 +161,8 @@ def write_val_report(model: str, means: dict[int, float], alphabets=None, sha=No
     report = {"accuracy": {str(t): {"mean": m, "ci95": 1.0, "tasks": 600}
                            for t, m in means.items()},
               "alphabets": list(cfg.options.val_alphabets if alphabets is None else alphabets),
-              "tasks": 600, "eval_seed": 1000, "ways": 20, "shots": 1, "query": 1,
+              "algo": cfg.algo, "tasks": 600, "eval_seed": 1000, "ways": 20, "shots": 1,
+              "query": 1,
               "inner_lr": cfg.inner_lr, "params_sha256": digest if sha is None else sha}
     report.update(setting)
     if sha == "absent":
