@@ -131,8 +131,9 @@ MAX_BYTES = 1 << 30
 #: The dtype kinds :func:`load` accepts for a leaf: booleans, integers, floats, complex.
 LEAF_KINDS = "biufc"
 
-#: What a damaged file can raise while its zip directory or members are read.
-_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError,
+#: What a damaged zip file can raise while its directory or members are read (the readers
+#: turn each into a ValueError naming the file).
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError,
                RuntimeError, struct.error, ValueError, OverflowError, UnicodeDecodeError)
 
 
@@ -158,7 +159,7 @@ def read_npz(path: str | os.PathLike, max_bytes: int | None = MAX_BYTES,
         f.seek(0)
         try:
             zf = zipfile.ZipFile(f)
-        except _ZIP_ERRORS as e:
+        except ZIP_ERRORS as e:
             raise ValueError(f"load: {p} is not a valid .npz (zip) file ({e})") from None
         with zf:
             infos = zf.infolist()
@@ -167,7 +168,7 @@ def read_npz(path: str | os.PathLike, max_bytes: int | None = MAX_BYTES,
             for info in infos:
                 try:
                     out[info.filename[:-4]] = _read_member(zf, info, kinds)
-                except _ZIP_ERRORS as e:
+                except ZIP_ERRORS as e:
                     raise ValueError(f"load: {p}: cannot read {info.filename} "
                                      f"({type(e).__name__}: {e})") from None
     return out
