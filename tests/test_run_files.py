@@ -270,6 +270,23 @@ def test_a_half_written_last_log_line_is_dropped_with_a_message(tmp_path, capsys
     assert same_run(full, cut)
 
 
+def test_a_last_log_line_without_its_newline_is_completed(tmp_path, capsys):
+    """A kill between a line and its newline: the resumed run's lines do not glue onto it."""
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    common = ["train", *SMALL, "--checkpoint-every", "2", "--log-every", "2", "--iterations",
+              "8"]
+    assert run_cli(common + ["--out", full], capsys)[0] == 0
+    with crash_at(5):
+        cli.main(common + ["--out", cut])
+    path = os.path.join(cut, "train.jsonl")
+    text = open(path).read()
+    assert text.endswith("\n")
+    with open(path, "w") as f:
+        f.write(text[:-1])
+    assert run_cli(["train", "--resume", "--out", cut, "--no-progress"], capsys)[0] == 0
+    assert same_run(full, cut)
+
+
 def test_a_bad_log_line_in_the_middle_is_named(run, capsys):
     path = os.path.join(run, "train.jsonl")
     lines = open(path).read().splitlines()

@@ -84,6 +84,17 @@ def read_json(path: str, limit: int = JSON_LIMIT) -> Any:
         raise ValueError(f"{path} is not valid JSON ({str(e) or type(e).__name__})") from None
 
 
+def _ends_a_line(path: str) -> bool:
+    """Whether the file is empty or ends with a newline (so that a line appended to it
+    starts a line of its own)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 def read_jsonl(path: str, metric: str | None = None,
                on_partial: Callable[[str], Any] | None = None) -> list[dict]:
     """The records of a run's log ([] when it does not exist), each checked
@@ -223,7 +234,7 @@ class RunFolder:
             partial: list[str] = []
             records = self.read_log(name, metric, partial.append)
             kept = [r for r in records if r["iteration"] <= iteration]
-            if len(kept) == len(records) and not partial:
+            if len(kept) == len(records) and not partial and _ends_a_line(path):
                 continue
             for line in partial:
                 if notify is not None:
