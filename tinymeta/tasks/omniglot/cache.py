@@ -6,8 +6,9 @@ cache directory (see :func:`default_cache_dir`), is named after the source and a
 content key (the SHA-256 of the source's bytes: the zip file's, or each PNG's with its path in
 a folder; and the preprocessing settings), and is written atomically; a cache file that cannot
 be read, whose checksum or content key does not match, is rebuilt, never used.  Hashing the
-bytes costs a fraction of decoding them (about 10 ms a megabyte) and, unlike a file's size and
-time, cannot be fooled by a source rewritten with the same size and time.
+bytes costs about a millisecond a megabyte (1.3 ms for the 1.3 MB ``images_background_small1``
+zip, whose whole cached load takes about 45 ms) and, unlike a file's size and time, cannot be
+fooled by a source rewritten with the same size and time.
 """
 
 from __future__ import annotations
