@@ -44,7 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # package's namespace (tinymeta.runs)
     ("run setups", ("tinymeta.runs.setup", "tinymeta.runs.sinusoid", "tinymeta.runs.omniglot",
                     "tinymeta.runs.registry")),
-    ("run settings", ("tinymeta.runs.config", "tinymeta.runs.folder",
+    ("run settings", ("tinymeta.runs.config", "tinymeta.runs.schema", "tinymeta.runs.folder",
                       "tinymeta.runs.algorithms")),
     ("run evaluation", ("tinymeta.runs.evaluation",)),
     ("run commands", ("tinymeta.runs.loop", "tinymeta.runs.official",

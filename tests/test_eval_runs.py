@@ -161,7 +161,8 @@ def write_val_report(model: str, means: dict[int, float], alphabets=None, sha=No
     report = {"accuracy": {str(t): {"mean": m, "ci95": 1.0, "tasks": 600}
                            for t, m in means.items()},
               "alphabets": list(cfg.options.val_alphabets if alphabets is None else alphabets),
-              "tasks": 600, "eval_seed": 1000, "ways": 20, "shots": 1, "query": 1,
+              "algo": cfg.algo, "tasks": 600, "eval_seed": 1000, "ways": 20, "shots": 1,
+              "query": 1,
               "inner_lr": cfg.inner_lr, "params_sha256": digest if sha is None else sha}
     report.update(setting)
     if sha == "absent":
@@ -216,3 +217,48 @@ def test_steps_val_refuses_what_is_not_this_models_validation(tmp_path, runs_dir
         main(["eval-runs", "--runs", str(runs_dir), "--model", model, "--steps", "x"])
     assert e.value.code == 2
     assert "expected an integer >= 0 or 'val'; got 'x'" in capsys.readouterr().err
+
+
+# ---- damaged runs: each refused naming the file -------------------------------------------
+
+
+def test_damaged_runs_are_refused_naming_the_file(tmp_path, runs_dir, capsys):
+    """19 answers for 20 test items (the run would be scored on 19), an RGB image of
+    another size, a blank image: one line naming the file, exit 1, no traceback."""
+    import shutil
+
+    model = make_model(tmp_path / "m")
+
+    def damaged(edit) -> tuple[int, str]:
+        root = tmp_path / "runs"
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(runs_dir, root)
+        edit(root / "run02")
+        code = main(["eval-runs", "--runs", str(root), "--model", model])
+        return code, capsys.readouterr().err
+
+    def nineteen(run):
+        labels = run / "class_labels.txt"
+        labels.write_text("\n".join(labels.read_text().splitlines()[:19]) + "\n")
+
+    code, err = damaged(nineteen)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert "run02/class_labels.txt answers 19 test items but run02/test holds 20" in err
+    code, err = damaged(lambda run: Image.new("RGB", (64, 64), "red").save(
+        run / "test" / "item03.png"))
+    assert code == 1 and "run02/test/item03.png: the image is 64x64, expected 105x105" in err
+    code, err = damaged(lambda run: Image.new("1", (105, 105), 1).save(
+        run / "training" / "class07.png"))
+    assert code == 1 and "run02/training/class07.png: the image is blank" in err
+    code, err = damaged(lambda run: (run / "test" / "item05.png").write_bytes(b"\x89PNG\r\n"))
+    assert code == 1 and "item05.png" in err and err.count("\n") == 1
+
+
+def test_eval_runs_refuses_a_sinusoid_model(tmp_path, runs_dir, capsys):
+    out = str(tmp_path / "sin")
+    assert main(["train", "--iterations", "2", "--meta-batch", "2", "--hidden", "4",
+                 "--no-progress", "--out", out]) == 0
+    capsys.readouterr()
+    assert main(["eval-runs", "--runs", str(runs_dir), "--model", out]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a sinusoid model (train with --task omniglot)" in err

@@ -556,3 +556,62 @@ def test_real_both_dedupe_greek_and_latin(real_cache: Path) -> None:
     train, val = both.split(["Greek", "Tagalog"])
     assert not set(train.characters) & set(val.characters)
     assert train.num_characters + val.num_characters == 242
+
+
+def test_a_zip_rewritten_with_the_same_size_and_time_misses_the_cache(tmp_path: Path) -> None:
+    """The cache is keyed on the zip's bytes: two drawings swapped (the same size, the mtime
+    set back) give the new images, not the cached old ones."""
+    root = write_split(tmp_path / "bg", {"Alpha": 1})
+    z = zip_tree(root, tmp_path / "bg.zip")
+    first = Omniglot(z, cache_dir=tmp_path / "cache")
+    st = z.stat()
+    with zipfile.ZipFile(z) as zf:
+        members = [(i, zf.read(i)) for i in zf.infolist()]
+    swap = {"0000_02.png": "0000_05.png", "0000_05.png": "0000_02.png"}
+    with zipfile.ZipFile(z, "w") as zf:  # the same members in the same order, two renamed
+        for info, data in members:
+            head, _, name = info.filename.rpartition("/")
+            info.filename = f"{head}/{swap.get(name, name)}" if head else info.filename
+            zf.writestr(info, data)
+    os.utime(z, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert z.stat().st_size == st.st_size and z.stat().st_mtime_ns == st.st_mtime_ns
+    second = Omniglot(z, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(second.images[0, 1], first.images[0, 4])
+    np.testing.assert_array_equal(second.images[0, 4], first.images[0, 1])
+    np.testing.assert_array_equal(second.images, Omniglot(z, cache=False).images)
+
+
+def test_a_truncated_cache_is_rebuilt_without_leaking_a_file(
+    fixture_data: dict[str, Path], tmp_path: Path
+) -> None:
+    import gc
+    import warnings
+
+    Omniglot(fixture_data["zip"], cache_dir=tmp_path)
+    _corrupt_truncate(_only_cache_file(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Omniglot(fixture_data["zip"], cache_dir=tmp_path)
+        gc.collect()
+    kinds = [w.category for w in caught]
+    assert RuntimeWarning in kinds and ResourceWarning not in kinds, [str(w) for w in caught]
+
+
+def test_an_oversized_png_member_is_refused_unread(
+    fixture_data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tinymeta.tasks.omniglot import reading
+
+    monkeypatch.setattr(reading, "MAX_PNG_BYTES", 100)
+    with pytest.raises(ValueError, match=r"images_background.zip!.*\.png holds \d+ bytes, more "
+                       "than the 100"):
+        Omniglot(fixture_data["zip"], cache=False)
+
+
+def test_a_png_of_another_size_is_refused_from_its_header(tmp_path: Path) -> None:
+    root = write_split(tmp_path / "bg", {"Alpha": 1})
+    target = root / "Alpha" / "character01" / "0000_03.png"
+    Image.new("1", (9000, 9000)).save(target)  # 81 M pixels if decoded
+    with pytest.raises(ValueError, match=r"0000_03.png: the image is 9000x9000, expected "
+                       "105x105"):
+        Omniglot(root, cache=False)

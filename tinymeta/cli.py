@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -47,7 +48,7 @@ def _at_least(cast: Callable, bound: float, strict: bool) -> Callable[[str], Any
             v = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}; got {text!r}") from None
-        if not (v > bound if strict else v >= bound):
+        if not math.isfinite(v) or not (v > bound if strict else v >= bound):
             raise argparse.ArgumentTypeError(
                 f"expected {what} {'>' if strict else '>='} {bound:g}; got {v}")
         return v
@@ -58,6 +59,7 @@ def _at_least(cast: Callable, bound: float, strict: bool) -> Callable[[str], Any
 _positive_int = _at_least(int, 1, strict=False)
 _nonneg_int = _at_least(int, 0, strict=False)
 _positive_float = _at_least(float, 0, strict=True)
+_nonneg_float = _at_least(float, 0, strict=False)
 
 
 def _widths(text: str) -> tuple:
@@ -91,21 +93,27 @@ def add_train(sub: argparse._SubParsersAction) -> None:
       help="anneal the outer lr linearly to 0 (default on for reptile)")
     a("--meta-batch", type=_positive_int, default=None, help="tasks per meta-batch (25)")
     a("--iterations", type=_positive_int, default=None, help="meta-iterations (70000)")
-    a("--seed", type=int, default=None, help="seed of the init and the task sampler (0)")
+    a("--seed", type=_nonneg_int, default=None,
+      help="seed of the init and the task sampler (0)")
     a("--hidden", type=_widths, default=None, help="hidden widths (40,40)")
     a("--init", choices=("fan_in", "finn"), default=None, help="initialisation (fan_in)")
     a("--dtype", choices=("float32", "float64"), default=None, help="float dtype (float32)")
     a("--backend", choices=("numpy", "numba", "cupy"), default=None, help="array backend")
     a("--lam", type=_positive_float, default=None, help="iMAML λ (1.0)")
     a("--cg-steps", type=_positive_int, default=None, help="iMAML CG iterations (5)")
-    a("--cg-tol", type=float, default=None, help="iMAML CG relative tolerance (0)")
-    a("--damping", type=float, default=None, help="iMAML damping (0)")
+    a("--cg-tol", type=_nonneg_float, default=None, help="iMAML CG relative tolerance (0)")
+    a("--damping", type=_nonneg_float, default=None, help="iMAML damping (0)")
     a("--on-negative-curvature", choices=("continue", "stop"), default=None,
       help="iMAML CG on pᵀAp <= 0: go on as plain CG (default) or stop that task")
     a("--checkpoint-every", type=_positive_int, default=None, help="iterations (1000)")
     a("--log-every", type=_positive_int, default=None, help="iterations per log line (100)")
     a("--skip-nonfinite", action="store_true", default=None,
       help="skip (and count) meta-steps whose gradient is not finite instead of stopping")
+    a("--divergence-guard", type=_nonneg_float, default=None, metavar="F",
+      help="stop (exit 1) when the running query loss exceeds F times the starting loss "
+      f"(default {runs.DIVERGENCE_FACTOR:g}; 0: off)")
+    a("--no-divergence-guard", dest="divergence_guard", action="store_const", const=0.0,
+      help="never stop for a growing loss (--divergence-guard 0)")
     a("--out", required=True, help="the run folder")
     a("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     a("--no-progress", action="store_true", help="no progress bar or log lines")
@@ -204,13 +212,19 @@ def cmd_train(args: argparse.Namespace) -> int:
                              check_every=args.mpi_check_every)
     cfg = _run_config(args)
     result = runs.train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
-                        stop_after=args.stop_after)
+                        stop_after=args.stop_after,
+                        notify=lambda line: print(f"tinymeta train: {line}", file=sys.stderr))
     if world.is_root:  # every rank trains (P = 1: the one); rank 0 speaks
         print(_trained_line(cfg, args.out, result))
     return 0
 
 
 def _trained_line(cfg: runs.RunConfig, out: str, result: dict) -> str:
+    if result.get("already_finished"):
+        how = " (stopped early)" if result["stopped_early"] else ""
+        return (f"{out} already finished at iteration {result['iteration']}{how}; nothing "
+                f"to train (give a larger --iterations to train on): "
+                f"{os.path.join(out, 'params.npz')}")
     if not result["finished"]:
         return (f"stopped after iteration {result['iteration']}: "
                 f"{os.path.join(out, 'checkpoint.npz')} (continue with --resume)")
@@ -234,7 +248,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     a("--tasks", type=_positive_int, default=600, help="test tasks (600)")
     a("--steps", default=None, help="test-time gradient steps: A..B inclusive, or a,b,c "
       "(0..10; omniglot: 0 and the training T)")
-    a("--eval-seed", type=int, default=1000, help="seed of the test tasks (1000)")
+    a("--eval-seed", type=_nonneg_int, default=1000, help="seed of the test tasks (1000)")
     a("--query", type=_positive_int, default=None,
       help="query points per test task (100; omniglot: per class, default the training Q)")
     a("--shots", type=_positive_int, default=None, help="support points (default: training K)")
@@ -326,7 +340,7 @@ def add_plot(sub: argparse._SubParsersAction) -> None:
     a("dir", help="the run folder (of a meta-learned model)")
     a("--baseline", default=None, help="a second run folder to compare (the pretrained one)")
     a("--tasks", type=_positive_int, default=3, help="test tasks to draw (3)")
-    a("--eval-seed", type=int, default=1000, help="seed of the test tasks (1000)")
+    a("--eval-seed", type=_nonneg_int, default=1000, help="seed of the test tasks (1000)")
     a("--out", default=None, metavar="DIR",
       help="folder for the two PNGs (default: the run folder; existing ones are replaced)")
     p.set_defaults(func=cmd_plot)
@@ -385,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CLIError, runs.TrainingError, distributed.DistributedError, ValueError, OSError,
-            ImportError) as e:
+            ImportError, FloatingPointError) as e:
         # one process: print; MPI: once if every rank failed alike, else abort the job
         distributed.report_error(f"tinymeta {args.command}: error: {e}", e)
         return EXIT_FAILURE

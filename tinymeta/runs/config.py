@@ -10,11 +10,21 @@ SGD and annealing, its outer learning rate) is filled in there too.
 ``config.json`` is one flat JSON object, shared settings and the task's options side by
 side, exactly as runs written before the run layer existed hold it, so those still load.
 The settings that ``--resume`` may change are :data:`RESUMABLE`; every other one must match.
+
+Every setting has a declared type (the dataclass annotations: ``int``, ``float``, ``bool``,
+``str``, ``tuple[int, ...]``, optionally ``| None``), checked when a config is read
+(:meth:`RunConfig.from_json`), and a range, checked by :meth:`RunConfig.validate`: a
+config.json written by hand or damaged is refused with the setting named, never run. A
+setting added later (``divergence_guard``) is absent from older config.json files, which
+load with its default.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +34,18 @@ ALGOS = ("maml", "maml-chain", "fomaml", "reptile", "imaml", "metasgd", "pretrai
 
 #: Settings a resumed run may change; every other one must match the run's config.json.
 RESUMABLE = frozenset({"iterations", "checkpoint_every", "log_every", "skip_nonfinite",
-                       "patience", "eval_every"})
+                       "patience", "eval_every", "divergence_guard"})
+
+#: The divergence guard's default factor F: training stops when the running query loss
+#: exceeds F times the loss at the start (see :mod:`tinymeta.runs.loop`).
+DIVERGENCE_FACTOR = 1000.0
+
+#: The most weights a model's hidden layers may hold (Σ h_i h_{i+1}) and the widest layer:
+#: larger settings are refused before any array is made (a damaged config.json).
+MAX_HIDDEN_WEIGHTS = 1 << 27
+MAX_WIDTH = 1 << 16
+#: The most data points (support and query, over the meta-batch) one batch may hold.
+MAX_BATCH_POINTS = 1 << 24
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (a non-finite meta-gradient, a bad run folder)."""
@@ -50,7 +71,7 @@ class RunConfig:
     meta_batch: int | None = None
     iterations: int | None = None
     seed: int = 0
-    hidden: tuple | None = None
+    hidden: tuple[int, ...] | None = None
     init: str = "fan_in"
     dtype: str = "float32"
     backend: str | None = None
@@ -63,6 +84,8 @@ class RunConfig:
     log_every: int | None = None
     skip_nonfinite: bool = False
     compile: bool = False  # record the meta-gradient step once (tm.compile) and replay it
+    #: stop when the running query loss exceeds this multiple of the starting loss; 0: off
+    divergence_guard: float = DIVERGENCE_FACTOR
     options: Any = None  # the task's own settings (its options dataclass); None: defaults
 
     # ---- building ---------------------------------------------------------------------
@@ -85,6 +108,8 @@ class RunConfig:
         unknown = set(d) - shared - own
         if unknown:
             raise ValueError(f"{source} has unknown settings {sorted(unknown)}")
+        check_types(d, cls, source)
+        check_types(d, setup.options, source)
         kw = {k: v for k, v in d.items() if k in shared}
         if kw.get("hidden") is not None:
             kw["hidden"] = tuple(kw["hidden"])
@@ -148,19 +173,93 @@ class RunConfig:
         _one_of("dtype", self.dtype, ("float32", "float64"))
         _one_of("init", self.init, ("fan_in", "finn"))
         _one_of("on_negative_curvature", self.on_negative_curvature, ("continue", "stop"))
-        if self.lam <= 0:
-            raise ValueError(f"--lam must be > 0; got {self.lam}")
-        if self.inner_lr is not None and self.inner_lr <= 0 or \
-                self.outer_lr is not None and self.outer_lr <= 0:
-            raise ValueError("learning rates must be > 0")
-        if self.hidden is not None and (not self.hidden or min(self.hidden) < 1):
-            raise ValueError(f"--hidden needs positive widths; got {self.hidden}")
+        _one_of("backend", self.backend, (None, "numpy", "numba", "cupy"))
+        _at_least("seed", self.seed, 0)
+        for name in ("lam", "inner_lr", "outer_lr"):
+            _positive(name, getattr(self, name))
+        for name in ("cg_tol", "damping", "divergence_guard"):
+            _at_least(name, getattr(self, name), 0)
+        if self.hidden is not None:
+            _check_widths(self.hidden)
+        points = (self.meta_batch or 1) * ((self.shots or 1) + (self.query or self.shots or 1))
+        if points > MAX_BATCH_POINTS:
+            raise ValueError(f"--meta-batch × (--shots + --query) = {points} data points a "
+                             f"batch, more than {MAX_BATCH_POINTS}")
         self.task_options().validate(self)
 
 
-def _at_least(name: str, value: Any, bound: int) -> None:
-    if value is not None and value < bound:
-        raise ValueError(f"--{name.replace('_', '-')} must be >= {bound}; got {value}")
+def _at_least(name: str, value: Any, bound: float) -> None:
+    """A ValueError naming the option unless ``value`` (when set) is finite and >= bound."""
+    if value is not None and not (_real(value) and value >= bound):
+        raise ValueError(f"--{name.replace('_', '-')} must be >= {bound:g}; got {value}")
+
+
+def _finite(value: Any) -> bool:
+    """Whether a number is finite as a float (an int too large for a float is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _real(value: Any) -> bool:
+    """Whether a set value is an int or a finite float."""
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def _positive(name: str, value: Any) -> None:
+    if value is not None and not (_real(value) and value > 0):
+        raise ValueError(f"--{name.replace('_', '-')} must be > 0; got {value}")
+
+
+def _check_widths(hidden: tuple) -> None:
+    if not hidden or min(hidden) < 1 or max(hidden) > MAX_WIDTH:
+        raise ValueError(f"--hidden needs widths in 1..{MAX_WIDTH}; got {list(hidden)}")
+    weights = sum(a * b for a, b in zip(hidden, hidden[1:]))
+    if weights > MAX_HIDDEN_WEIGHTS:
+        raise ValueError(f"--hidden {','.join(map(str, hidden))} makes {weights} weights "
+                         f"between hidden layers, more than {MAX_HIDDEN_WEIGHTS}")
+
+
+def check_types(d: Mapping[str, Any], cls: type, source: str) -> None:
+    """A ValueError naming ``source`` and the setting when a value of ``d`` does not have
+    the type that ``cls``'s annotation declares for it (``int`` takes no bool, ``float``
+    takes an int but no NaN or infinity, ``tuple[str, ...]`` a list or a comma list)."""
+    hints = typing.get_type_hints(cls)
+    for name, value in d.items():
+        hint = hints.get(name)
+        if hint is None or hint is Any:
+            continue
+        if not _has_type(value, hint):
+            raise ValueError(f"{source}: setting {name!r} must be {_describe(hint)}; got "
+                             f"{value!r:.60} ({type(value).__name__})")
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    if isinstance(hint, types.UnionType):
+        return any(_has_type(value, h) for h in hint.__args__)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return type(value) in (int, float) and _finite(value)
+    if hint in (int, bool, str):
+        return type(value) is hint
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        if item is str and isinstance(value, str):
+            return True  # a comma list, split when resolved
+        return isinstance(value, (list, tuple)) and all(_has_type(v, item) for v in value)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_describe(h) for h in hint.__args__)
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        return f"a list of {'strings' if item is str else 'integers'}"
+    return {int: "an integer", float: "a finite number", bool: "true or false",
+            str: "a string", type(None): "null"}.get(hint, str(hint))
 
 
 def _one_of(name: str, value: Any, choices: tuple) -> None:

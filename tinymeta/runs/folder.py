@@ -11,23 +11,50 @@ A run lives in one folder:
 - ``result.json``: the end-of-run summary; ``eval.json``: the last ``tinymeta eval``.
 
 Every file is written atomically (a temporary file, fsync, rename: a crash never leaves half
-a file) and arrays are npz without pickle (:mod:`tinymeta.io`).
+a file) and arrays are npz without pickle (:mod:`tinymeta.io`). A kill during a write can
+leave the temporary file (``.NAME-XXXXXXXX.tmp``): a run that starts or resumes removes
+those of its training files (:meth:`RunFolder.remove_stray_temporaries`).
+
+Every file is checked when it is read (:mod:`tinymeta.runs.schema`): JSON files against a
+size limit (:data:`JSON_LIMIT`, logs :data:`LOG_LIMIT`) before they are parsed, config.json
+against the settings' types and ranges, arrays against the structure, shapes and dtypes of
+the run's own model (``tinymeta.io.load(like=...)``) and finite, a checkpoint against the
+run's iterations, log lines and evaluation reports against their records. A file that fails
+is refused with a ``ValueError`` (or :class:`~tinymeta.runs.config.TrainingError`) whose one
+line names it and says what is wrong.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import numpy as np
 
 from .. import io, kernels
-from ..tree import tree_map
+from ..tree import tree_leaves, tree_map
+from .algorithms import initial_model, make_optimizer
 from .config import RunConfig, TrainingError
+from .registry import TASKS
+from .schema import check_checkpoint, check_log_record, check_report
+
+#: The most bytes a JSON file of a run (config.json, result.json, a report) may hold, and a
+#: log (train.jsonl, val.jsonl): a larger file is refused unread.
+JSON_LIMIT = 1 << 24
+LOG_LIMIT = 1 << 28
+
+#: The files a training run writes (atomically; a kill can leave their temporary files).
+TRAINING_FILES = ("config.json", "train.jsonl", "val.jsonl", "checkpoint.npz", "best.npz",
+                  "params.npz", "lrs.npz", "result.json")
+#: The name :func:`tinymeta.io.atomic_write` gives its temporary file (tempfile.mkstemp's
+#: prefix ``.NAME-``, eight random characters, suffix ``.tmp``).
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)-[a-z0-9_]{8}\.tmp$")
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -35,12 +62,68 @@ def write_json(path: str, obj: Any) -> None:
     io.write_json(path, obj, indent=2, sort_keys=True)
 
 
-def read_jsonl(path: str) -> list[dict]:
-    """The records of a JSON-lines file ([] when it does not exist)."""
+def _read_text(path: str, limit: int) -> str:
+    """The UTF-8 text of ``path``, refused unread beyond ``limit`` bytes."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} is larger than {limit} bytes; not a file of a run")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e})") from None
+
+
+def read_json(path: str, limit: int = JSON_LIMIT) -> Any:
+    """The JSON value in ``path``; a ValueError naming the file when it is too large, not
+    text or not JSON (a truncated file)."""
+    text = _read_text(path, limit)
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{path} is not valid JSON ({str(e) or type(e).__name__})") from None
+
+
+def _ends_a_line(path: str) -> bool:
+    """Whether the file is empty or ends with a newline (so that a line appended to it
+    starts a line of its own)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def read_jsonl(path: str, metric: str | None = None,
+               on_partial: Callable[[str], Any] | None = None) -> list[dict]:
+    """The records of a run's log ([] when it does not exist), each checked
+    (:func:`~tinymeta.runs.schema.check_log_record`; ``metric``: a val.jsonl's).
+
+    A last line without its newline that is not JSON is what a crash leaves mid-write: it is
+    dropped and ``on_partial`` is told. Any other bad line is a ValueError naming the file
+    and the line.
+    """
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    lines = _read_text(path, LOG_LIMIT).split("\n")
+    records: list[dict] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (ValueError, RecursionError) as e:
+            if n == len(lines):  # no newline after it: a half-written line
+                if on_partial is not None:
+                    on_partial(f"{path}: dropped its half-written last line ({line[:40]!r})")
+                break
+            raise ValueError(f"{path} line {n} is not valid JSON ({e})") from None
+        why = check_log_record(rec, metric, records[-1]["iteration"] if records else 0)
+        if why is not None:
+            raise ValueError(f"{path} line {n}: {why}")
+        records.append(rec)
+    return records
 
 
 def file_sha256(path: str) -> str:
@@ -50,6 +133,36 @@ def file_sha256(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A run's state after ``iteration``: what ``--resume`` continues from, bit for bit."""
+
+    model: dict
+    opt_state: dict
+    iteration: int
+    skipped: int
+    rng: np.random.Generator
+    elapsed: float = 0.0
+    #: the query losses of the steps since the last log line (the next line's mean)
+    window: list = dataclasses.field(default_factory=list)
+    #: the divergence guard's starting loss (None: a checkpoint written before the guard)
+    loss_start: float | None = None
+    #: the patience with which validation stopped the run early (None: it did not)
+    stopped_early: int | None = None
+
+
+def _template(cfg: RunConfig) -> tuple[dict, dict]:
+    """(the model, the optimizer state) that the run ``cfg`` (resolved) starts from: the
+    structure, shapes and dtypes every params file and checkpoint of it must have."""
+    model = initial_model(cfg, TASKS[cfg.task](cfg))
+    return model, make_optimizer(cfg).init(model)
+
+
+def _check_finite(tree: Any, path: str) -> None:
+    if not all(np.isfinite(np.asarray(a)).all() for a in tree_leaves(tree)):
+        raise ValueError(f"{path}: the params hold NaN or infinite values")
 
 
 class RunFolder:
@@ -66,20 +179,26 @@ class RunFolder:
 
     # ---- settings ---------------------------------------------------------------------
 
-    def task(self) -> str | None:
-        """The task named in config.json, or None where there is no run."""
-        path = self.file("config.json")
-        if not os.path.exists(path):
-            return None
-        with open(path) as f:
-            return json.load(f).get("task")
-
     def read_config(self) -> RunConfig:
+        """The run's settings, checked: every key known, of its type, in its range.
+
+        Raises:
+            TrainingError: the folder holds no config.json.
+            ValueError: naming config.json: not JSON, not an object, or a bad setting.
+        """
         path = self.file("config.json")
         if not os.path.exists(path):
             raise TrainingError(f"{self.path} holds no run (no config.json)")
-        with open(path) as f:
-            return RunConfig.from_json(json.load(f))
+        d = read_json(path)
+        if not isinstance(d, dict):
+            raise ValueError(f"{path} must hold a JSON object of settings; got "
+                             f"{type(d).__name__}")
+        cfg = RunConfig.from_json(d, source=path)
+        try:
+            cfg.resolved().validate()
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        return cfg
 
     def write_config(self, cfg: RunConfig) -> None:
         os.makedirs(self.path, exist_ok=True)
@@ -98,22 +217,47 @@ class RunFolder:
         with open(train, "a") as log, open(val, "a") as vlog:
             yield log, vlog
 
-    def read_log(self, name: str = "train.jsonl") -> list[dict]:
-        return read_jsonl(self.file(name))
+    def read_log(self, name: str = "train.jsonl", metric: str | None = None,
+                 on_partial: Callable[[str], Any] | None = None) -> list[dict]:
+        """The checked records of a log (:func:`read_jsonl`); ``metric``: val.jsonl's."""
+        return read_jsonl(self.file(name), metric if name == "val.jsonl" else None, on_partial)
 
-    def truncate_logs(self, iteration: int) -> None:
-        """Keep the log lines of iterations up to ``iteration`` (a resume rewrites the rest)."""
+    def truncate_logs(self, iteration: int, metric: str,
+                      notify: Callable[[str], Any] | None = None) -> None:
+        """Keep the log lines of iterations up to ``iteration`` (a resume rewrites the rest);
+        a half-written last line is dropped and ``notify`` told. A log with nothing to drop
+        is left as it is."""
         for name in ("train.jsonl", "val.jsonl"):
             path = self.file(name)
             if not os.path.exists(path):
                 continue
-            kept = []
-            with open(path) as f:
-                for line in f:
-                    if line.strip() and json.loads(line).get("iteration", 0) <= iteration:
-                        kept.append(line)
+            partial: list[str] = []
+            records = self.read_log(name, metric, partial.append)
+            kept = [r for r in records if r["iteration"] <= iteration]
+            if len(kept) == len(records) and not partial and _ends_a_line(path):
+                continue
+            for line in partial:
+                if notify is not None:
+                    notify(line)
             with io.atomic_write(path) as f:
-                f.write("".join(kept))
+                f.write("".join(json.dumps(r) + "\n" for r in kept))
+
+    def remove_stray_temporaries(self) -> list[str]:
+        """Remove the temporary files that a kill during an atomic write of a training file
+        left behind (``.NAME-XXXXXXXX.tmp``, NAME one of :data:`TRAINING_FILES`); return
+        their paths. Rank 0 only, when a run starts or resumes: no other writer is running.
+        """
+        if not os.path.isdir(self.path):
+            return []
+        removed = []
+        for entry in sorted(os.listdir(self.path)):
+            m = _TEMPORARY.match(entry)
+            path = self.file(entry)
+            if m and m.group("name") in TRAINING_FILES and os.path.isfile(path) \
+                    and not os.path.islink(path):
+                os.unlink(path)
+                removed.append(path)
+        return removed
 
     def check_new(self) -> None:
         """Refuse to start a new run in a folder that holds one (a checkpoint)."""
@@ -129,30 +273,53 @@ class RunFolder:
 
     # ---- checkpoint -------------------------------------------------------------------
 
-    def save_checkpoint(self, model: dict, opt_state: dict, iteration: int, skipped: int,
-                        rng: np.random.Generator, elapsed: float) -> None:
-        tree = {"model": model, "opt_state": opt_state, "iteration": int(iteration),
-                "skipped": int(skipped)}
-        meta_info = {"rng": rng.bit_generator.state, "elapsed_s": float(elapsed)}
+    def save_checkpoint(self, ck: Checkpoint) -> None:
+        tree = {"model": ck.model, "opt_state": ck.opt_state, "iteration": int(ck.iteration),
+                "skipped": int(ck.skipped)}
+        meta_info: dict = {"rng": ck.rng.bit_generator.state, "elapsed_s": float(ck.elapsed)}
+        if ck.loss_start is not None:
+            meta_info["loss_start"] = float(ck.loss_start)
+        if ck.window:  # only between log lines: a checkpoint at a log line has none
+            meta_info["window"] = [float(x) for x in ck.window]
+        if ck.stopped_early is not None:
+            meta_info["stopped_early"] = {"patience": int(ck.stopped_early)}
         io.save(self.file("checkpoint.npz"), tree, metadata=meta_info)
 
-    def load_checkpoint(self) -> tuple:
-        """(model, optimizer state, iteration, skipped, rng, elapsed seconds)."""
+    def load_checkpoint(self, cfg: RunConfig) -> Checkpoint:
+        """The checkpoint, checked against the run (``cfg``, resolved): the structure,
+        shapes and dtypes of its model and optimizer state, finite values, an iteration
+        within the run's (config.json's), the step counts, the RNG state
+        (:func:`~tinymeta.runs.schema.check_checkpoint`). Arrays on the backend.
+
+        Raises:
+            TrainingError: there is no checkpoint.npz.
+            ValueError: naming checkpoint.npz and what is wrong with it.
+        """
         path = self.file("checkpoint.npz")
         if not os.path.exists(path):
             raise TrainingError(f"{self.path} has no checkpoint.npz to resume from")
-        tree, meta_info = io.load(path, with_metadata=True)
+        model, opt_state = _template(cfg)
+        like = {"model": model, "opt_state": opt_state, "iteration": 0, "skipped": 0}
+        tree, meta = io.load(path, with_metadata=True, like=like)
+        why = check_checkpoint(tree, meta, self.read_config().resolved().iterations)
+        if why is not None:
+            raise ValueError(f"{path}: {why}")
         rng = np.random.default_rng()
-        rng.bit_generator.state = meta_info["rng"]
+        try:
+            rng.bit_generator.state = meta["rng"]
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
+            raise ValueError(f"{path}: its RNG state cannot be restored ({e})") from None
         B = kernels.get_backend()
-        model = tree_map(B.asarray, tree["model"])
         # arrays to the backend; scalar counters (Adam's step) stay host numbers, so that
         # reading them never synchronises with a device
         opt_state = tree_map(lambda a: a.item() if getattr(a, "ndim", 1) == 0 and
                              np.dtype(a.dtype).kind in "iu" else B.asarray(a),
                              tree["opt_state"])
-        return (model, opt_state, tree["iteration"], tree["skipped"], rng,
-                meta_info["elapsed_s"])
+        stop = meta.get("stopped_early")
+        return Checkpoint(tree_map(B.asarray, tree["model"]), opt_state, tree["iteration"],
+                          tree["skipped"], rng, float(meta.get("elapsed_s", 0.0)),
+                          list(meta.get("window", [])), meta.get("loss_start"),
+                          None if stop is None else stop["patience"])
 
     # ---- params -----------------------------------------------------------------------
 
@@ -160,10 +327,12 @@ class RunFolder:
         io.save(self.file("best.npz"), theta,
                 metadata={"iteration": iteration, f"val_{metric}": score})
 
-    def load_best(self, iteration: int) -> Any:
+    def load_best(self, cfg: RunConfig, iteration: int) -> Any:
         """best.npz's params, which must be those of ``iteration`` (validation's choice)."""
-        chosen, meta_best = io.load(self.file("best.npz"), with_metadata=True)
-        saved_it = (meta_best or {}).get("iteration")
+        path = self.file("best.npz")
+        chosen, meta_best = io.load(path, with_metadata=True, like=_template(cfg)[0]["theta"])
+        _check_finite(chosen, path)
+        saved_it = meta_best.get("iteration") if isinstance(meta_best, dict) else None
         if saved_it != iteration:  # a crash between best.npz and the checkpoint, then a resume
             raise TrainingError(
                 f"{self.path}/best.npz holds the params of iteration {saved_it}, but "
@@ -187,14 +356,24 @@ class RunFolder:
         return file_sha256(self.params_path())
 
     def load_model(self, cfg: RunConfig) -> dict:
-        """``{"theta": θ}`` (and ``"lrs"`` for Meta-SGD) on the backend, as trained."""
+        """``{"theta": θ}`` (and ``"lrs"`` for Meta-SGD) on the backend, as trained, each
+        file checked against the model ``cfg`` (resolved) makes and finite.
+
+        Raises:
+            TrainingError: no params at all.
+            ValueError: naming the file whose params do not fit the run.
+        """
         path = self.params_path()
         if os.path.basename(path) == "checkpoint.npz":
-            model = self.load_checkpoint()[0]
+            model = self.load_checkpoint(cfg).model
         else:
-            model = {"theta": io.load(path)}
+            like = _template(cfg)[0]
+            model = {"theta": io.load(path, like=like["theta"])}
+            _check_finite(model["theta"], path)
             if cfg.algo == "metasgd":
-                model["lrs"] = io.load(self.file("lrs.npz"))
+                lrs_path = self.file("lrs.npz")
+                model["lrs"] = io.load(lrs_path, like=like["lrs"])
+                _check_finite(model["lrs"], lrs_path)
         return tree_map(kernels.get_backend().asarray, model)
 
     # ---- reports ----------------------------------------------------------------------
@@ -234,9 +413,14 @@ class RunFolder:
         return os.path.join(self.path, "evals", protocol_name(report) + ".json")
 
     def read_eval(self, path: str | None = None) -> dict:
-        """``eval.json``, or the report at ``path``."""
-        with open(path or self.file("eval.json")) as f:
-            return json.load(f)
+        """``eval.json``, or the report at ``path``, checked
+        (:func:`~tinymeta.runs.schema.check_report`: a ValueError naming the file)."""
+        path = path or self.file("eval.json")
+        report = read_json(path)
+        why = check_report(report)
+        if why is not None:
+            raise ValueError(f"{path} is not an evaluation report: {why}")
+        return report
 
     def eval_reports(self) -> list[str]:
         """The paths of every kept report: ``evals/*.json``, then ``eval.json``."""

@@ -11,7 +11,10 @@ refuses or skips a non-finite one, and takes the outer optimizer's step. Hooks:
   become ``params.npz``;
 - logging (``train.jsonl`` every ``log_every`` iterations, ``val.jsonl``), checkpoints
   every ``checkpoint_every`` iterations and at each validation, so that ``resume``
-  continues bit for bit;
+  continues bit for bit, logs and early stop included (the checkpoint keeps the losses of
+  the log line in progress; the early stop is decided again from val.jsonl);
+- the divergence guard (:meth:`Run.guard`): a running query loss above
+  ``divergence_guard`` times the starting loss stops the run with the iteration named;
 - MPI: every rank draws the random numbers of the whole batch and trains its B/P tasks;
   validation tasks are split over the ranks and gathered exactly; only rank 0 writes.
 """
@@ -20,9 +23,11 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,45 +38,60 @@ from ..meta.common import tree_is_finite
 from .algorithms import initial_model, make_optimizer, meta_gradient
 from .config import RunConfig, TrainingError
 from .evaluation import scores_by_step
-from .folder import RunFolder
+from .folder import Checkpoint, RunFolder
 from .registry import TASKS
 
 
 def train(cfg: RunConfig, out: str, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, notify: Callable[[str], Any] | None = None) -> dict:
     """Meta-train as ``cfg`` says, in the run folder ``out``; return the run's summary.
 
     Args:
         cfg: the settings (for ``resume``: those of ``out/config.json``, with the
             resumable ones changed as allowed; see :func:`tinymeta.runs.config.merge_resume`).
         out: the run folder.
-        resume: continue from ``out/checkpoint.npz``, bit for bit.
+        resume: continue from ``out/checkpoint.npz``, bit for bit, logs included; a
+            checkpoint of a finished run (its last iteration, or an early stop that
+            val.jsonl records) trains nothing and rewrites no log line.
         progress: a progress bar (tqdm) or periodic log lines (rank 0 only).
         stop_after: stop (with a checkpoint) after this many iterations, as if interrupted.
+        notify: told, one line each, what the run tidied (a half-written log line dropped,
+            a temporary file removed).
 
     Returns:
         The contents of ``result.json`` ({"finished": False, "iteration": i} for a run
-        stopped by ``stop_after``; on ranks other than 0, without the timings).
+        stopped by ``stop_after``; on ranks other than 0, without the timings), and
+        ``"already_finished": True`` for a resume that had nothing to train.
 
     Raises:
-        TrainingError: a non-finite meta-gradient (unless ``skip_nonfinite``), or a run
-            folder that does not fit.
+        TrainingError: a non-finite meta-gradient (unless ``skip_nonfinite``), a diverging
+            loss (the divergence guard), a debug_nans trip, ``--iterations`` below the
+            iterations done, or a run folder that does not fit; each naming the iteration
+            or the file.
         DistributedError: a meta-batch that does not split evenly over the MPI ranks.
     """
     run = Run(cfg, out)
-    run.start(resume)
+    run.start(resume, notify)
+    done = run.iteration
     end = run.cfg.iterations if stop_after is None else min(run.cfg.iterations, stop_after)
-    bar = _Progress(run.iteration, run.cfg.iterations, progress and run.world.is_root,
-                    run.cfg.log_every)
-    try:
-        with run.folder.open_logs(run.world.is_root, run.validation is not None) as (
-                log, vlog):
-            for it in range(run.iteration + 1, end + 1):
-                if run.iterate(it, end, bar, log, vlog):
-                    break
-    finally:
-        bar.close()
-    return run.finish()
+    if not run.stopped_early:  # a run that validation stopped trains no further
+        bar = _Progress(run.iteration, run.cfg.iterations, progress and run.world.is_root,
+                        run.cfg.log_every)
+        try:
+            with run.folder.open_logs(run.world.is_root, run.validation is not None) as (
+                    log, vlog):
+                for it in range(run.iteration + 1, end + 1):
+                    try:
+                        if run.iterate(it, end, bar, log, vlog):
+                            break
+                    except FloatingPointError as e:  # tm.config.debug_nans
+                        raise TrainingError(f"iteration {it}: {e}") from None
+        finally:
+            bar.close()
+    result = run.finish()
+    if resume and run.iteration == done and result["finished"]:
+        result = {**result, "already_finished": True}
+    return result
 
 
 class Run:
@@ -91,33 +111,31 @@ class Run:
         self.folder = RunFolder(out)
         os.makedirs(out, exist_ok=True)
         world.describe_run(out)
-        self.window: list[float] = []
+        self.window: list[float] = []  # the query losses since the last log line
         self.step_times: list[float] = []
         self.stopped_early = False
+        self.loss_start: float | None = None  # the divergence guard's starting loss
 
-    def start(self, resume: bool) -> None:
+    def start(self, resume: bool, notify: Callable[[str], Any] | None = None) -> None:
         """A new run (θ_0 from the setup) or the checkpoint's, and the loop's pieces."""
         cfg, folder, world = self.cfg, self.folder, self.world
+        if world.is_root:  # only rank 0 writes into (and tidies) the run folder
+            for path in folder.remove_stray_temporaries():
+                if notify is not None:
+                    notify(f"removed {path}, a temporary file a cut-off write left")
         val_log: list[dict] = []
+        opt_state = None
         if resume:
-            with distributed.same_on_all_ranks("reading the checkpoint"):
-                (self.model, opt_state, self.iteration, self.skipped, self.rng,
-                 self.elapsed) = folder.load_checkpoint()
-            if world.is_root:
-                folder.truncate_logs(self.iteration)
-            # the validations up to the checkpoint (the other ranks may read val.jsonl
-            # before rank 0 has truncated it)
-            val_log = [r for r in folder.read_log("val.jsonl")
-                       if r["iteration"] <= self.iteration]
+            opt_state, val_log = self._resume(notify)
         else:
             with distributed.same_on_all_ranks("checking the run folder"):
                 folder.check_new()
-            self.model, opt_state = initial_model(cfg, self.setup), None
+            self.model = initial_model(cfg, self.setup)
             self.iteration, self.skipped, self.elapsed = 0, 0, 0.0
             self.rng = np.random.default_rng(cfg.seed)
             if world.is_root:
                 folder.clear_for_new_run()
-        if world.is_root:  # only rank 0 writes into the run folder
+        if world.is_root:
             folder.write_config(cfg)
         self.opt = make_optimizer(cfg)
         self.opt_state = self.opt.init(self.model) if opt_state is None else opt_state
@@ -126,8 +144,44 @@ class Run:
         if cfg.compile:  # one recording per batch signature, then straight-line replays
             self.step = tm_compile(self.step)
         self.validation = self.setup.validation_batch(world)
-        self.best, self.best_it, self.since = _selection(val_log, self.setup)
+        self.best, self.best_it, self.since = _selection(val_log, self.setup)[:3]
+        if self.validation is not None and val_log:
+            self.stopped_early = _selection(val_log, self.setup,
+                                            self.setup.opts.patience)[3] is not None
         self.t_last = time.perf_counter()
+
+    def _resume(self, notify: Callable[[str], Any] | None) -> tuple[dict, list[dict]]:
+        """The checkpoint's state, the logs cut back to it; (optimizer state, validations).
+
+        The early stop is decided again from val.jsonl's validations up to the checkpoint,
+        with the (possibly resumed) patience; a checkpoint that records an early stop which
+        val.jsonl does not show has lost its log, and is refused.
+        """
+        cfg, folder, metric = self.cfg, self.folder, self.setup.metric
+        with distributed.same_on_all_ranks("reading the checkpoint"):
+            ck = folder.load_checkpoint(cfg)
+            if ck.iteration > cfg.iterations:
+                raise TrainingError(
+                    f"--iterations {cfg.iterations} is below the {ck.iteration} iterations "
+                    f"{folder.path} has done; a resumed run cannot train fewer (give "
+                    f"--iterations {ck.iteration} or more)")
+        self.model, self.iteration, self.skipped = ck.model, ck.iteration, ck.skipped
+        self.rng, self.elapsed = ck.rng, ck.elapsed
+        self.window, self.loss_start = list(ck.window), ck.loss_start
+        if self.world.is_root:
+            folder.truncate_logs(ck.iteration, metric, notify)
+        # the validations up to the checkpoint (the other ranks may read val.jsonl
+        # before rank 0 has truncated it)
+        with distributed.same_on_all_ranks("reading val.jsonl"):
+            val_log = [r for r in folder.read_log("val.jsonl", metric)
+                       if r["iteration"] <= ck.iteration]
+            if ck.stopped_early is not None and _selection(
+                    val_log, self.setup, ck.stopped_early)[3] is None:
+                raise TrainingError(
+                    f"{folder.file('checkpoint.npz')} records an early stop at iteration "
+                    f"{ck.iteration} that {folder.file('val.jsonl')} does not show (lines "
+                    "lost); the run cannot be resumed as it was")
+        return ck.opt_state, val_log
 
     def iterate(self, it: int, end: int, bar: _Progress, log: Any, vlog: Any) -> bool:
         """One meta-iteration with its hooks; True when the run stops early."""
@@ -135,6 +189,9 @@ class Run:
         self.meta_step(it)
         self.window.append(_to_float(ops.mean(self.info["query_loss"])))
         self.step_times.append(time.perf_counter() - t0)
+        if self.loss_start is None:
+            self.loss_start = _to_float(ops.mean(self.info["support_loss"]))
+        self.guard(it)
         bar.update(it, float(np.mean(self.window)))
         steps_done = time.perf_counter()  # the log's elapsed_s: before validation
         validate_now = self.validation is not None and (
@@ -151,10 +208,31 @@ class Run:
             self.elapsed += time.perf_counter() - self.t_last
             self.t_last = time.perf_counter()
             if self.world.is_root:
-                self.folder.save_checkpoint(self.model, self.opt_state, it, self.skipped,
-                                            self.rng, self.elapsed)
+                self.folder.save_checkpoint(Checkpoint(
+                    self.model, self.opt_state, it, self.skipped, self.rng, self.elapsed,
+                    self.window, self.loss_start,
+                    self.setup.opts.patience if self.stopped_early else None))
         self.iteration = it
         return self.stopped_early
+
+    def guard(self, it: int) -> None:
+        """The divergence guard: stop when the running loss L̄ (the mean of the finite
+        query losses since the last log line, as the log and the bar show it) exceeds F
+        times the starting loss L_0, the support loss L_S(θ_0) of the first meta-batch
+        (F = ``cfg.divergence_guard``, default
+        :data:`~tinymeta.runs.config.DIVERGENCE_FACTOR`; 0: off). A loss
+        grown a thousandfold means the learning rates are too large: a run that went on
+        would end in a "trained" model that predicts nothing."""
+        factor, start = self.cfg.divergence_guard, self.loss_start
+        if not factor or start is None or not (math.isfinite(start) and start > 0):
+            return
+        finite = [x for x in self.window if math.isfinite(x)]
+        running = float(np.mean(finite)) if finite else 0.0
+        if running > factor * start:
+            raise distributed.on_all_ranks(TrainingError(
+                f"iteration {it}: the running query loss {running:.4g} exceeds {factor:g} × "
+                f"the starting loss {start:.4g}: training diverges; lower the learning "
+                "rates, or pass --no-divergence-guard (or --divergence-guard F)"))
 
     def meta_step(self, it: int) -> None:
         """Draw this rank's tasks, the meta-gradient, its mean over ranks, the outer step."""
@@ -227,22 +305,26 @@ class Run:
             return summary
         chosen = self.model["theta"]
         if validated and self.best_it > 0:
-            chosen = self.folder.load_best(self.best_it)
+            chosen = self.folder.load_best(cfg, self.best_it)
         self.folder.save_params(chosen, self.model.get("lrs"))
         result = {**summary, **_timings(self.folder, it, self.elapsed)}
         self.folder.write_result(result)
         return result
 
 
-def _selection(val_log: list[dict], setup: Any) -> tuple[float, int, int]:
-    """(best score, its iteration, validations since) from the validation log."""
+def _selection(val_log: list[dict], setup: Any, patience: int = 0) -> tuple:
+    """(best score, its iteration, validations since, the iteration of the early stop with
+    ``patience`` or None) from the validation log, as :meth:`Run.validate` decided them."""
     best, best_it, since = (-1.0 if setup.higher_is_better else np.inf), 0, 0
+    stop = None
     for rec in val_log:
         if _better(rec[setup.metric], best, setup):
             best, best_it, since = rec[setup.metric], rec["iteration"], 0
         else:
             since += 1
-    return best, best_it, since
+        if stop is None and patience > 0 and since >= patience:
+            stop = rec["iteration"]
+    return best, best_it, since, stop
 
 
 def _better(score: float, best: float, setup: Any) -> bool:

@@ -34,6 +34,10 @@ ADAPT_ALL = ("reptile", "imaml")
 BACKGROUND_ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
 RUNS_ZIP = "one_shot_runs_01-10.zip"
 IMAGE_PIXELS = 28 * 28
+#: Bounds a config.json may not pass (the arrays they size are made before any check):
+#: classes per task, validation tasks.
+MAX_WAYS = 10_000
+MAX_VAL_TASKS = 100_000
 
 
 def shared_data_dir() -> Path | None:
@@ -72,15 +76,15 @@ def split_names(values: Sequence[str] | str | None) -> tuple[str, ...]:
 class OmniglotOptions(TaskOptions):
     """Omniglot's own settings (Finn et al.'s 20-way defaults)."""
 
-    data: tuple = ()  # zips or folders; () = the two minimal background splits
+    data: tuple[str, ...] = ()  # zips or folders; () = the two minimal background splits
     ways: int = 20
     bn: bool = True
     bn_scale: bool = False
     bn_adapt: bool | None = None  # None: held out for maml/fomaml, adapted for reptile/imaml
     center: bool = True
     augment: bool = False
-    val_alphabets: tuple = ("Tagalog",)
-    test_alphabets: tuple = ()
+    val_alphabets: tuple[str, ...] = ("Tagalog",)
+    test_alphabets: tuple[str, ...] = ()
     val_tasks: int = 200
     val_seed: int = 12345
     eval_every: int = 250
@@ -98,12 +102,13 @@ class OmniglotOptions(TaskOptions):
         return o
 
     def validate(self, cfg: Any) -> None:
-        for name in ("ways", "val_tasks", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1; "
-                                 f"got {getattr(self, name)}")
-        if self.patience < 0:
-            raise ValueError(f"--patience must be >= 0; got {self.patience}")
+        for name, lo, hi in (("ways", 1, MAX_WAYS), ("val_tasks", 1, MAX_VAL_TASKS),
+                             ("eval_every", 1, None), ("patience", 0, None),
+                             ("val_seed", 0, None)):
+            value = getattr(self, name)
+            if value < lo or hi is not None and value > hi:
+                bounds = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+                raise ValueError(f"--{name.replace('_', '-')} must be {bounds}; got {value}")
         if cfg.algo in ADAPT_ALL and self.bn and self.bn_adapt is False:
             raise ValueError(f"--algo {cfg.algo} adapts every parameter in the inner loop "
                              "(it takes no adapt= mask): use --bn-adapt, or maml/fomaml")

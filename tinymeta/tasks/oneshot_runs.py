@@ -27,7 +27,8 @@ from typing import NamedTuple, Union
 
 import numpy as np
 
-from tinymeta.tasks.omniglot import IMAGE_SIZE, decode_png, preprocess
+from tinymeta.io import ZIP_ERRORS
+from tinymeta.tasks.omniglot import IMAGE_SIZE, SOURCE_SIZE, decode_png, preprocess
 
 __all__ = [
     "OneShotRun",
@@ -46,6 +47,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 PredictFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 _LABELS_RE = re.compile(r"^(?:([^/]+)/)?(run\d+)/class_labels\.txt$")
+
+#: The most bytes one file of the runs may hold (an Omniglot PNG holds about a kilobyte):
+#: a larger zip member or file is refused unread.
+MAX_FILE_BYTES = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,7 +102,7 @@ class _Files:
         elif source.is_file():
             try:
                 self._zip = zipfile.ZipFile(source)
-            except (zipfile.BadZipFile, OSError) as err:
+            except ZIP_ERRORS as err:
                 raise ValueError(f"{source}: not a readable zip file ({err})") from err
             self.names = sorted(n for n in self._zip.namelist() if not n.endswith("/"))
         else:
@@ -108,13 +113,22 @@ class _Files:
         return f"{self.source}!{name}" if self._zip is not None else str(self.source / name)
 
     def read(self, name: str) -> bytes:
+        """The bytes of ``name``, refused unread when its (declared) size is over
+        :data:`MAX_FILE_BYTES`."""
         if name not in self._set:
             raise FileNotFoundError(f"missing file {self.label(name)}")
         if self._zip is not None:
+            size = self._zip.getinfo(name).file_size
+        else:
+            size = (self.source / name).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ValueError(f"{self.label(name)} holds {size} bytes, more than the "
+                             f"{MAX_FILE_BYTES} a file of the runs may")
+        if self._zip is not None:
             try:
                 return self._zip.read(name)
-            except (zipfile.BadZipFile, OSError) as err:
-                raise ValueError(f"cannot read {self.label(name)}: {err}") from err
+            except ZIP_ERRORS as err:
+                raise ValueError(f"cannot read {self.label(name)}: {err}") from None
         return (self.source / name).read_bytes()
 
     def close(self) -> None:
@@ -123,7 +137,12 @@ class _Files:
 
 
 def _read_image(files: _Files, name: str) -> np.ndarray:
-    return decode_png(files.read(name), files.label(name))
+    """One drawing: a 105x105 PNG with some ink (a ValueError naming it otherwise)."""
+    label = files.label(name)
+    ink = decode_png(files.read(name), label, size=(SOURCE_SIZE, SOURCE_SIZE))
+    if not ink.any():
+        raise ValueError(f"{label}: the image is blank (no ink)")
+    return ink
 
 
 def _parse_run(files: _Files, prefix: str, run: str) -> OneShotRun:
@@ -161,6 +180,16 @@ def _parse_run(files: _Files, prefix: str, run: str) -> OneShotRun:
             f"no training images under {files.label(f'{prefix}{run}/training/')}"
         )
     test_names = tuple(sorted(pairs))
+    in_folder = {n[len(prefix):] for n in files.names
+                 if n.startswith(f"{prefix}{run}/test/") and n.lower().endswith(".png")}
+    absent = sorted(set(test_names) - in_folder)
+    if absent:
+        raise FileNotFoundError(f"{files.label(labels_name)} names {absent[0]}, missing from "
+                                "the test folder")
+    unnamed = sorted(in_folder - set(test_names))
+    if unnamed:  # a run scored on fewer items than it holds
+        raise ValueError(f"{files.label(labels_name)} answers {len(test_names)} test items "
+                         f"but {run}/test holds {len(in_folder)}: no answer for {unnamed[0]}")
     index = {n: i for i, n in enumerate(train_names)}
     missing = sorted(set(pairs.values()) - set(index))
     if missing:
@@ -184,8 +213,9 @@ def load_runs(source: PathLike, runs: Iterable[int | str] | None = None) -> list
 
     Raises:
         FileNotFoundError: when ``source``, or a file a run names, does not exist.
-        ValueError: naming the file when ``class_labels.txt`` or a PNG is malformed, or when
-            ``source`` holds no runs.
+        ValueError: naming the file when ``class_labels.txt`` or a PNG is malformed (not a
+            105x105 image, blank, over :data:`MAX_FILE_BYTES`), when ``class_labels.txt``
+            leaves a test item without its answer, or when ``source`` holds no runs.
     """
     files = _Files(Path(source))
     try:

@@ -3,9 +3,12 @@
 :func:`load_source` returns the arrays of one source, from its cache file when that file is
 valid, else decoded (:mod:`.reading`) and written to the cache.  A cache file lives in a user
 cache directory (see :func:`default_cache_dir`), is named after the source and a digest of its
-content key (the source's files, their sizes and times, and the preprocessing settings), and is
-written atomically; a cache file that cannot be read, whose checksum or content key does not
-match, is rebuilt, never used.
+content key (the SHA-256 of the source's bytes: the zip file's, or each PNG's with its path in
+a folder; and the preprocessing settings), and is written atomically; a cache file that cannot
+be read, whose checksum or content key does not match, is rebuilt, never used.  Hashing the
+bytes costs about a millisecond a megabyte (1.3 ms for the 1.3 MB ``images_background_small1``
+zip, whose whole cached load takes about 45 ms) and, unlike a file's size and time, cannot be
+fooled by a source rewritten with the same size and time.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ...io import atomic_write
+from ...io import atomic_write, read_npz
 from .reading import (
     IMAGE_SIZE,
     INK_THRESHOLD,
@@ -33,8 +36,9 @@ from .reading import (
     _SourceArrays,
 )
 
-#: Bump when the cached arrays change meaning; old cache files are then rebuilt.
-CACHE_FORMAT_VERSION = 1
+#: Bump when the cached arrays or the key change meaning; old cache files are then rebuilt.
+#: 2: the key holds the source's content hash (1: its files' sizes and times).
+CACHE_FORMAT_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -43,22 +47,31 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "tinymeta"
 
 
+def _hash_file(h: Any, path: str | Path) -> int:
+    """Feed the bytes of ``path`` to the hash ``h``; return their count."""
+    n = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            n += len(chunk)
+    return n
+
+
 def _source_key(layout: _Layout, center: bool, size: int) -> dict[str, Any]:
-    """Everything the cached arrays depend on: the source's files and the settings."""
+    """Everything the cached arrays depend on: the source's content and the settings."""
     path = layout.path.resolve()
+    h = hashlib.sha256()
     if layout.kind == "zip":
-        st = path.stat()
-        files: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        files: dict[str, Any] = {"size": _hash_file(h, path), "sha256": h.hexdigest()}
     else:
-        h = hashlib.sha256()
         count = 0
         for names in layout.characters.values():
             for name in names:
-                st = os.stat(name)
                 rel = Path(name).relative_to(layout.path).as_posix()
-                h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+                h.update(f"{rel}\t{os.stat(name).st_size}\n".encode())
+                _hash_file(h, name)
                 count += 1
-        files = {"count": count, "digest": h.hexdigest()}
+        files = {"count": count, "sha256": h.hexdigest()}
     return {
         "format_version": CACHE_FORMAT_VERSION,
         "kind": layout.kind,
@@ -91,15 +104,20 @@ def _cache_path(cache_dir: Path, layout: _Layout, key: Mapping[str, Any]) -> Pat
 
 
 def _read_cache(path: Path, key: Mapping[str, Any]) -> _SourceArrays:
-    """Load and verify one cache file; raises ValueError (or any reading error) when bad."""
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"][()]))
-        if meta.get("key") != json.loads(json.dumps(key)):
-            raise ValueError("content key mismatch")
-        images = z["images"]
-        alphabets = z["alphabets"]
-        chars = z["characters"]
-        files = z["files"]
+    """Load and verify one cache file; raises ValueError (or any reading error) when bad.
+
+    The file is read by :func:`tinymeta.io.read_npz`: its declared sizes checked before
+    anything is inflated, no pickle, and the file closed whatever happens.
+    """
+    z = read_npz(path, kinds="fU")
+    missing = {"meta", "images", "alphabets", "characters", "files"} - set(z)
+    if missing:
+        raise ValueError(f"arrays {sorted(missing)} missing")
+    meta = json.loads(str(z["meta"][()]))
+    if not isinstance(meta, dict) or meta.get("key") != json.loads(json.dumps(key)):
+        raise ValueError("content key mismatch")
+    images, alphabets, chars, files = (z[k] for k in ("images", "alphabets", "characters",
+                                                      "files"))
     if images.dtype != np.float32 or images.ndim != 4:
         raise ValueError(f"bad images array {images.dtype} {images.shape}")
     if not (len(alphabets) == len(chars) == images.shape[0]) or files.shape != images.shape[:2]:

@@ -29,6 +29,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from ...io import ZIP_ERRORS
+
 #: A source (a zip file or a folder) as a string or a path.
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -40,6 +42,9 @@ IMAGE_SIZE = 28
 RESAMPLE = "BOX"
 #: Grey level below which a pixel of a non-one-bit PNG counts as ink.
 INK_THRESHOLD = 128
+#: The most bytes one PNG of a source may hold (an Omniglot PNG holds about a kilobyte): a
+#: larger zip member or file is refused unread.
+MAX_PNG_BYTES = 1 << 20
 
 _CHARACTER_RE = re.compile(r"^character\d+$")
 _PIL_HINT = 'Pillow is needed to decode Omniglot PNG files: pip install -e ".[data]"'
@@ -59,25 +64,38 @@ def _pil_image() -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def decode_png(data: bytes, name: str = "<bytes>") -> np.ndarray:
+def decode_png(data: bytes, name: str = "<bytes>",
+               size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode one PNG into a boolean ink mask (True where the pixel is ink, i.e. dark).
 
     One-bit images (Omniglot's) are read directly: black (0) is ink. Other modes are
-    converted to grey and pixels below ``INK_THRESHOLD`` count as ink.
+    converted to grey and pixels below ``INK_THRESHOLD`` count as ink. With ``size``
+    (width, height), an image of another size is refused from its header, before its
+    pixels are decoded.
 
     Raises:
-        ValueError: naming ``name`` when the bytes are not a decodable image.
+        ValueError: naming ``name`` when the bytes are not a decodable image, or not of
+            ``size``.
     """
     Image = _pil_image()
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if size is not None and im.size != tuple(size):
+                raise _WrongSize(f"{name}: the image is {im.size[0]}x{im.size[1]}, expected "
+                                 f"{size[0]}x{size[1]}")
             im.load()
             if im.mode == "1":
                 return ~np.asarray(im, dtype=bool)
             grey = np.asarray(im.convert("L"))
+    except _WrongSize:
+        raise
     except Exception as err:  # Pillow raises several unrelated types on bad input
         raise ValueError(f"cannot decode PNG {name}: {err}") from err
     return grey < INK_THRESHOLD
+
+
+class _WrongSize(ValueError):
+    """An image whose header declares another size than the one asked for."""
 
 
 def _center_shift(ink: np.ndarray) -> np.ndarray:
@@ -183,7 +201,7 @@ def _scan(path: Path) -> _Layout:
         try:
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
-        except (zipfile.BadZipFile, OSError) as err:
+        except ZIP_ERRORS as err:
             raise ValueError(f"{path}: not a readable zip file ({err})") from err
         for name in names:
             if name.endswith("/"):
@@ -198,6 +216,22 @@ def _scan(path: Path) -> _Layout:
     for files in chars.values():
         files.sort(key=lambda s: s.replace("\\", "/").rsplit("/", 1)[-1])
     return _Layout(kind, path, dict(sorted(chars.items())))
+
+
+def _read_file(zf: zipfile.ZipFile | None, path: Path, name: str) -> tuple[bytes, str]:
+    """(the bytes of one PNG of a zip or folder, its label), refused unread when its
+    (declared) size is over :data:`MAX_PNG_BYTES`."""
+    label = f"{path}!{name}" if zf is not None else name
+    size = zf.getinfo(name).file_size if zf is not None else os.stat(name).st_size
+    if size > MAX_PNG_BYTES:
+        raise ValueError(f"{label} holds {size} bytes, more than the {MAX_PNG_BYTES} an "
+                         "Omniglot PNG may")
+    if zf is None:
+        return Path(name).read_bytes(), label
+    try:
+        return zf.read(name), label
+    except ZIP_ERRORS as err:
+        raise ValueError(f"cannot read {label}: {err}") from err
 
 
 @dataclass(frozen=True)
@@ -234,22 +268,8 @@ def _decode_layout(layout: _Layout, center: bool, size: int) -> _SourceArrays:
         for c, names in enumerate(layout.characters.values()):
             ink = np.empty((n_draw, SOURCE_SIZE, SOURCE_SIZE), dtype=bool)
             for d, name in enumerate(names):
-                if zf is not None:
-                    label = f"{layout.path}!{name}"
-                    try:
-                        data = zf.read(name)
-                    except (zipfile.BadZipFile, OSError) as err:
-                        raise ValueError(f"cannot read {label}: {err}") from err
-                else:
-                    label = name
-                    data = Path(name).read_bytes()
-                mask = decode_png(data, label)
-                if mask.shape != (SOURCE_SIZE, SOURCE_SIZE):
-                    raise ValueError(
-                        f"{label}: image is {mask.shape[1]}x{mask.shape[0]}, "
-                        f"expected {SOURCE_SIZE}x{SOURCE_SIZE}"
-                    )
-                ink[d] = mask
+                data, label = _read_file(zf, layout.path, name)
+                ink[d] = decode_png(data, label, size=(SOURCE_SIZE, SOURCE_SIZE))
             images[c] = preprocess(ink, center=center, size=size)
             files.append([name.replace("\\", "/").rsplit("/", 1)[-1] for name in names])
     finally:
