@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("programs", ("tinymeta.compile", "tinymeta.testing", "tinymeta.finite_differences",
                   "tinymeta.strategies")),
     ("library", ("tinymeta.nn", "tinymeta.optim", "tinymeta.io", "tinymeta.bench",
-                 "tinymeta.tasks", "tinymeta.pytest_plugin")),
+                 "tinymeta.tasks", "tinymeta.pytest_plugin", "tinymeta.bench_history")),
     ("meta", ("tinymeta.meta",)),
     ("distributed", ("tinymeta.distributed",)),
     # the run layer, lowest first: the task setups and their registry; the configuration,
