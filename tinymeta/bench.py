@@ -359,9 +359,10 @@ def roofline_plot(points: Sequence[Mapping[str, Any]], peak_gflops: float, peak_
     grid = np.logspace(np.log10(min(xs) / 2), np.log10(max(max(xs) * 2, 2 * peak_gflops
                                                            / peak_gbytes)), 200)
     ax.plot(grid, np.minimum(peak_gflops, grid * peak_gbytes), color="black", lw=1.5)
-    ax.annotate(f"{peak_gbytes:.3g} GB/s", (grid[0], grid[0] * peak_gbytes), fontsize=7,
-                xytext=(4, 6), textcoords="offset points")
-    ax.annotate(f"{peak_gflops:.3g} GFLOP/s", (grid[-1], peak_gflops), fontsize=7,
+    ridge = peak_gflops / peak_gbytes
+    ax.annotate(f"B = {peak_gbytes:.3g} GB/s", (ridge / 8, ridge / 8 * peak_gbytes), fontsize=7,
+                ha="right", xytext=(-4, 2), textcoords="offset points")
+    ax.annotate(f"P = {peak_gflops:.3g} GFLOP/s", (grid[-1], peak_gflops), fontsize=7,
                 ha="right", xytext=(0, 4), textcoords="offset points")
     colours = plt.get_cmap("tab10")
     kernels = list(dict.fromkeys(p["kernel"] for p in points))
