@@ -241,3 +241,32 @@ def test_one_file_exports_its_timings_as_csv(tmp_path: Path) -> None:
     assert cli.main(["bench", "compare", old, "--csv", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
     assert rows[0]["timing"] == "relu 64^2 numpy" and float(rows[0]["rel_iqr"]) == 0.05
+
+
+def test_repeated_runs_are_pooled_and_their_disagreement_is_noise(tmp_path: Path,
+                                                                   capsys) -> None:
+    E = bench_history.Entry
+    a = {"k": E(1.0, 0.05), "only_a": E(1.0, 0.0)}
+    b = {"k": E(1.2, 0.03)}
+    c = {"k": E(1.1, 0.04)}
+    pooled = bench_history.pool([a, b, c])
+    assert list(pooled) == ["k"]  # a timing missing from one run is left out
+    assert pooled["k"].median == 1.1 and pooled["k"].iqr == pytest.approx(0.2)  # the range
+
+    def write(name: str, numba: float) -> str:
+        data = json.loads(json.dumps(KERNELS_FILE))
+        data["results"][0]["numba"]["median_s"] = numba
+        (tmp_path / name).write_text(json.dumps(data))
+        return str(tmp_path / name)
+
+    olds = ",".join([write("o1.json", 1.0e-6), write("o2.json", 1.4e-6)])
+    news = ",".join([write("n1.json", 1.3e-6), write("n2.json", 1.35e-6)])
+    # alone, the first pair is a 30% regression; pooled, the old runs' spread (0.4 of 1.2)
+    # covers the change
+    assert cli.main(["bench", "compare", olds.split(",")[0], news.split(",")[0],
+                     "--fail-if", "median:10%"]) == 1
+    assert cli.main(["bench", "compare", olds, news, "--fail-if", "median:10%"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("no provenance recorded") == 6
+    line = next(ln for ln in out.splitlines()[::-1] if ln.startswith("relu 64^2 numba"))
+    assert "same (within noise)" in line

@@ -6,7 +6,10 @@ results files are compared timing by timing (``tinymeta bench compare OLD.json N
 
     ratio = median_new / median_old,   noise = √((IQR_old / median_old)² + (IQR_new / median_new)²)
 
-the noise being the spread of the runs relative to their median, added in quadrature. A
+the noise being the spread of the runs relative to their median, added in quadrature. That
+spread is within one run of the suite; a change of load between two runs is not in it, so
+each side may be several files (``OLD1.json,OLD2.json``, :func:`pool`): a timing's median is
+then the median over the files, and its spread covers the files' disagreement too. A
 timing has *regressed beyond* ``median:10%`` when its ratio exceeds 1.10 and its slowdown,
 ratio − 1, also exceeds the noise; a slowdown within the noise is printed but not counted.
 The timings are read from the layouts of the suites (:func:`timings_of`): a ``timings``
@@ -25,6 +28,7 @@ import math
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -204,6 +208,35 @@ def compare(old: Mapping[str, Entry], new: Mapping[str, Entry]) -> tuple[list[Ro
     return rows, [n for n in old if n not in new], [n for n in new if n not in old]
 
 
+def pool(runs: Sequence[Mapping[str, Entry]]) -> dict[str, Entry]:
+    """Several files of one side as one: per timing (in every file), the median of the
+    files' medians, and as its spread the larger of the median IQR and the range of the
+    medians (max − min), so that a change of load between runs counts as noise."""
+    out = {}
+    for name in runs[0]:
+        if all(name in r for r in runs[1:]):
+            medians = [r[name].median for r in runs]
+            spread = max(statistics.median(r[name].iqr for r in runs), max(medians) - min(medians))
+            out[name] = Entry(statistics.median(medians), spread)
+    return out
+
+
+def side(spec: str) -> dict[str, Entry]:
+    """The timings of one side of a comparison, ``A.json`` or ``A1.json,A2.json,…`` (pooled,
+    :func:`pool`); prints where each file comes from."""
+    runs = []
+    for path in [p for p in spec.split(",") if p]:
+        data = load(path)
+        try:
+            runs.append(timings_of(data))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        print(describe(path, data))
+    if not runs:
+        raise ValueError(f"bench compare: no file in {spec!r}")
+    return runs[0] if len(runs) == 1 else pool(runs)
+
+
 def describe(path: str, data: Mapping[str, Any]) -> str:
     """One line: the file, its commit (dirty or clean), machine, date and numpy version."""
     p = data.get("provenance")
@@ -262,8 +295,9 @@ def compare_command(paths: Sequence[str], fail_if: str | None = None,
                     csv_path: str | None = None) -> int:
     """``tinymeta bench compare OLD.json NEW.json [--fail-if median:10%] [--csv PATH]``.
 
-    Prints where each file comes from, the table, and a summary; with one file, exports its
-    timings (``--csv``). Returns 1 when a timing regressed beyond ``fail_if``, else 0.
+    Each side is a file or several, comma-separated (repeated runs, pooled). Prints where
+    each file comes from, the table, and a summary; with one side, exports its timings
+    (``--csv``). Returns 1 when a timing regressed beyond ``fail_if``, else 0.
 
     Raises:
         ValueError: a wrong number of files, an unreadable one, a bad ``--fail-if``.
@@ -271,15 +305,7 @@ def compare_command(paths: Sequence[str], fail_if: str | None = None,
     if len(paths) not in (1, 2) or (len(paths) == 1 and not csv_path):
         raise ValueError("bench compare: give OLD.json NEW.json (or one file with --csv)")
     threshold = parse_fail_if(fail_if) if fail_if else None
-    data = [load(p) for p in paths]
-    timings = []
-    for path, d in zip(paths, data):
-        try:
-            timings.append(timings_of(d))
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
-    for path, d in zip(paths, data):
-        print(describe(path, d))
+    timings = [side(spec) for spec in paths]
     if len(paths) == 1:
         _write_text(csv_path, timings_csv(timings[0]))
         print(f"wrote {csv_path} ({len(timings[0])} timings)")
