@@ -347,9 +347,10 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
                        "compare two results files",
                        description="Run benchmarks/engine.py, kernels.py and e2e.py one after "
                        "another (OPENBLAS_NUM_THREADS=1 unless set), writing JSON to --out; or "
-                       "'tinymeta bench compare OLD.json NEW.json [--fail-if median:10%%] "
+                       "'tinymeta bench compare OLD.json NEW.json [--fail-if median:10%] "
                        "[--csv PATH]': the new/old median ratios with their noise, exit "
-                       "status 1 on a regression beyond --fail-if.")
+                       "status 1 on a regression beyond --fail-if (each side a file, or "
+                       "repeated runs: A1.json,A2.json,...).")
     a = p.add_argument
     a("suites", nargs="*", default=list(bench.SUITES),
       help="engine, kernels, e2e (default all); or compare OLD.json NEW.json")
