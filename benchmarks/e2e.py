@@ -67,7 +67,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers as peer_impls  # noqa: E402
 
 import tinymeta as tm  # noqa: E402
-from tinymeta import bench  # noqa: E402
+from tinymeta import bench, bench_history  # noqa: E402
 
 SIZES = (1, 40, 40, 1)
 NUM_TASKS = 25
@@ -245,6 +245,15 @@ def load_peers(names: list) -> tuple[dict, dict]:
         except peer_impls.Unavailable as e:
             skipped[name] = str(e)
     return loaded, skipped
+
+
+def skipped_lines(skipped: dict) -> list[str]:
+    """One line per reason (a missing library, e.g. torch for both PyTorch peers), naming
+    every implementation it skips, rather than a line per implementation or case."""
+    by_reason: dict = {}
+    for name, why in skipped.items():
+        by_reason.setdefault(why, []).append(name)
+    return [f"skipped {', '.join(names)}: {why}" for why, names in by_reason.items()]
 
 
 def rel_error(a: list, b: list) -> float:
@@ -458,8 +467,10 @@ def format_checks(checks: list) -> str:
 
 
 def write_json_atomic(path: str, data: Any) -> None:
-    """The results as JSON at ``path``, written atomically (tinymeta.io.write_json)."""
-    tm.io.write_json(path, data, indent=1, default=_jsonable)
+    """The results as JSON at ``path``, written atomically, with the commit, the machine and
+    the library versions (tinymeta.bench_history.write_results)."""
+    bench_history.write_results(path, data, os.path.dirname(os.path.abspath(__file__)),
+                                indent=1, default=_jsonable)
 
 
 def _jsonable(x: Any) -> Any:
@@ -595,8 +606,8 @@ def main(argv: list | None = None) -> dict:
                                            "Timer.autorange and 9 runs")
                        + "; median per call")
     meta["loadavg_start"] = _loadavg()
-    for name, why in skipped.items():
-        print(f"skipped {name}: {why}", flush=True)
+    for line in skipped_lines(skipped):
+        print(line, flush=True)
     print("threading: " + "; ".join(f"{k}={v}" for k, v in meta["threading"].items()),
           flush=True)
 
@@ -630,8 +641,7 @@ def main(argv: list | None = None) -> dict:
                 continue
             for name in _split(args.peers):
                 if name not in peers:
-                    checks.append({"config": cfg.key, "peer": name, "skipped": skipped[name]})
-                    continue
+                    continue  # not installed: said once, at the start and under the checks
                 try:
                     err = check_peer(peers[name], cfg, w64)
                 except Exception as e:  # noqa: BLE001  (reported as a failed check)
@@ -662,6 +672,9 @@ def main(argv: list | None = None) -> dict:
     if checks:
         print()
         print(format_checks(checks))
+        missing = [n for n in _split(args.peers) if n not in peers]
+        if missing and not args.no_check:
+            print(f"  not checked (not installed, see above): {', '.join(missing)}")
     data = {"meta": meta, "workload": {
         "sizes": SIZES, "num_tasks": NUM_TASKS, "k_support": K, "k_query": K, "inner_lr": ALPHA,
         "imaml": {"lam": LAM, "proximal_steps": PROX_STEPS, "cg_steps": CG_STEPS},

@@ -22,16 +22,19 @@ import sys
 import numpy as np
 
 import tinymeta as tm
-from tinymeta import bench
+from tinymeta import bench, bench_history
 from tinymeta.tape import GradTrace
 
 
-def median_seconds(fn) -> float:
-    """Median seconds per call (the shipped harness, :func:`tinymeta.bench.measure`)."""
-    return bench.measure(fn, repeat=15).median
+def median_seconds(fn, name: str, timings: dict) -> float:
+    """Median seconds per call (the shipped harness, :func:`tinymeta.bench.measure`); the
+    median and IQR are kept in ``timings[name]`` (what ``tinymeta bench compare`` reads)."""
+    t = bench.measure(fn, repeat=15)
+    timings[name] = {"median_s": t.median, "iqr_s": t.iqr}
+    return t.median
 
 
-def overhead(n: int = 200) -> dict:
+def overhead(timings: dict, n: int = 200) -> dict:
     x = np.linspace(-1.0, 1.0, 4)
 
     def bare_forward():
@@ -63,10 +66,10 @@ def overhead(n: int = 200) -> dict:
     def full_grad():
         return tm.grad(lambda t: tm.sum(chain(t)))(x)
 
-    t_bare = median_seconds(bare_forward)
-    t_bare_fb = median_seconds(bare_forward_backward)
-    t_rec = median_seconds(recorded_forward)
-    t_grad = median_seconds(full_grad)
+    t_bare = median_seconds(bare_forward, "overhead bare forward", timings)
+    t_bare_fb = median_seconds(bare_forward_backward, "overhead bare forward+backward", timings)
+    t_rec = median_seconds(recorded_forward, "overhead recorded forward", timings)
+    t_grad = median_seconds(full_grad, "overhead grad", timings)
     return {
         "n_primitives": n,
         "bare_numpy_us_per_call": 1e6 * t_bare / n,
@@ -78,7 +81,7 @@ def overhead(n: int = 200) -> dict:
     }
 
 
-def mlp_ratios(sizes: list[int], x_shape: tuple, seed: int = 0) -> dict:
+def mlp_ratios(sizes: list[int], x_shape: tuple, timings: dict, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     params = []
     for i, o in zip(sizes[:-1], sizes[1:]):
@@ -98,13 +101,14 @@ def mlp_ratios(sizes: list[int], x_shape: tuple, seed: int = 0) -> dict:
 
     g = tm.grad(loss)
     v = [rng.normal(size=p.shape).astype(np.float32) for p in params]
-    t_fwd = median_seconds(lambda: loss(params))
-    t_grad = median_seconds(lambda: g(params))
-    t_hvp = median_seconds(lambda: tm.hvp(loss, (params,), (v,)))
+    key = "mlp " + "-".join(map(str, sizes))
+    t_fwd = median_seconds(lambda: loss(params), key + " forward", timings)
+    t_grad = median_seconds(lambda: g(params), key + " grad", timings)
+    t_hvp = median_seconds(lambda: tm.hvp(loss, (params,), (v,)), key + " hvp", timings)
     # the same gradient replayed as a flat program (tm.compile): the kernels alone, no tape
     cg = tm.compile(g)
     cg(params)
-    t_replay = median_seconds(lambda: cg(params))
+    t_replay = median_seconds(lambda: cg(params), key + " grad replayed", timings)
     return {
         "sizes": sizes,
         "x_shape": list(x_shape),
@@ -136,9 +140,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.backend:
         tm.set_backend(args.backend)
-    res = {"machine": machine(), "overhead": overhead(),
-           "mlp": [mlp_ratios([1, 40, 40, 1], (25, 10, 1)),
-                   mlp_ratios([784, 256, 128, 64, 64, 5], (25, 784))]}
+    timings: dict = {}
+    res = {"machine": machine(), "overhead": overhead(timings),
+           "mlp": [mlp_ratios([1, 40, 40, 1], (25, 10, 1), timings),
+                   mlp_ratios([784, 256, 128, 64, 64, 5], (25, 784), timings)],
+           "timings": timings}
     o = res["overhead"]
     print(f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, "
           f"backend {res['machine']['backend']}, numpy {res['machine']['numpy']}")
@@ -158,7 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
               f" {m['replay_over_forward']:10.2f}")
     print("  (replay/fwd: the gradient replayed by tm.compile, kernels only, over the forward)")
     if args.json:
-        tm.io.write_json(args.json, res, indent=2)
+        # atomically, with the commit, the machine and the library versions
+        bench_history.write_results(args.json, res, os.path.dirname(os.path.abspath(__file__)),
+                                    indent=2)
     return res
 
 

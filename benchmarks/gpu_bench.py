@@ -63,8 +63,10 @@ import numpy as np  # noqa: E402
 import tinymeta as tm  # noqa: E402
 import tinymeta.meta  # noqa: E402, F401
 import tinymeta.nn  # noqa: E402, F401
-from tinymeta import tape  # noqa: E402
+from tinymeta import bench_history, tape  # noqa: E402
 from tinymeta.kernels import numpy_backend as ref  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))  # the checkout whose commit is recorded
 from tinymeta.tasks import Sinusoid, TaskBatch  # noqa: E402
 
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
@@ -716,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {len(report['kernel_check']) - n_bad}/{len(report['kernel_check'])} cases agree",
           flush=True)
     if args.check_only:
-        (out / "kernel_check.json").write_text(json.dumps(report, indent=1))
+        bench_history.write_results(str(out / "kernel_check.json"), report, HERE, indent=1)
         print(markdown(report))
         return 1 if n_bad else 0
 
@@ -728,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     report["kernels"] = kernel_bench(dev, shapes, min_time=0.01 if args.dry_run else 0.2)
 
     def save() -> None:
-        (out / "bench.json").write_text(json.dumps(report, indent=1))
+        bench_history.write_results(str(out / "bench.json"), report, HERE, indent=1)
         (out / "bench.md").write_text(markdown(report))
 
     print("end to end ...", flush=True)

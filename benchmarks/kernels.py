@@ -12,14 +12,26 @@ shapes of the sinusoid workload (25 tasks, K = 10 points, widths 1 and 40) and o
 sizes up to 2048². Throughput is GFLOP/s, and the fraction of peak sets it against this
 machine's peak, measured in the same run by a 2048³ BLAS matmul of the same dtype
 (:func:`tinymeta.bench.peak_gflops`), before and after the kernels, the better of the two
-taken (load on a shared machine only ever lowers it). The elementwise kernels are bound by memory,
-not arithmetic: their GB/s (bytes read and written once) is the figure to read there.
+taken (load on a shared machine only ever lowers it).
 
 FLOP counted: linear 2·m·k·n + m·n per product (the bias add), linear_relu one more per
 output (the max); linear_relu_vjp (the backward pass of linear_relu as the engine's rules
 run it: relu_grad, the two adjoint GEMMs x̄ = ḡ Wᵀ and W̄ = xᵀ ḡ, the bias sum) two GEMMs
 and 2 per output; relu_grad 1 per entry (the select), sq_err_mean 3 (subtract, square,
 add), sq_err_mean_grad 2 (subtract, scale), sub_scaled 2 (scale, subtract).
+
+Bytes counted (each operand read once, each result written once): linear x, W, b and the
+output; linear_relu_vjp g, x, W, ans, and the cotangents x̄, W̄, b̄; relu_grad 3 arrays;
+sq_err_mean 2 arrays and the (B,) result; sq_err_mean_grad 3 arrays and the (B,) input;
+sub_scaled 3 arrays. The arithmetic intensity of a case is FLOP / bytes (``Case.intensity``):
+the elementwise kernels sit at 1/12–1/4 FLOP per byte in float32, far left of the ridge
+P / B of this machine's two measured roofs, the FLOP peak P (a BLAS GEMM,
+:func:`tinymeta.bench.peak_gflops`) and the bandwidth B (a STREAM-triad-like kernel on
+arrays far beyond the caches, :func:`tinymeta.bench.peak_gbytes`). Each case is reported
+as a fraction of the roof that bounds it, min(P, I·B): for a memory-bound case the fraction
+of the measured bandwidth. ``--roofline PATH`` draws every case on the roofline.
+Figures above 100% of a roof, and timings whose IQR is over 10% of the median, are listed
+as warnings under the table (:func:`tinymeta.bench.guard`).
 
 OPENBLAS_NUM_THREADS defaults to 1 here (numba's kernels are single-threaded, and BLAS
 threads fighting over shared cores stall); it is set before NumPy is imported.
@@ -41,8 +53,7 @@ from dataclasses import dataclass  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from tinymeta import bench  # noqa: E402
-from tinymeta import io as tm_io  # noqa: E402
+from tinymeta import bench, bench_history  # noqa: E402
 from tinymeta.kernels import numpy_backend  # noqa: E402
 
 KERNELS = ("linear", "linear_relu", "linear_relu_vjp", "relu_grad", "sq_err_mean",
@@ -73,8 +84,13 @@ class Case:
     kernel: str
     label: str
     args: tuple
-    flops: int
-    nbytes: int
+    flops: int  # floating-point operations per call
+    nbytes: int  # bytes moved per call: operands read once, results written once
+
+    @property
+    def intensity(self) -> float:
+        """Arithmetic intensity: FLOP per byte moved."""
+        return self.flops / self.nbytes
 
 
 def _linear_cases(name: str, rng, dtype, sizes) -> list[Case]:
@@ -207,51 +223,106 @@ def machine() -> dict:
     }
 
 
+@dataclass
+class Peaks:
+    """The two measured roofs, each the better of a run before and one after the kernels."""
+
+    gflops: float
+    gbytes: float
+    flop_label: str  # how each was measured
+    band_label: str
+    detail: dict
+
+
+def measure_peaks(dtype, peak_n: int, peak_min_time: float, quick: bool) -> Callable:
+    """Measure both roofs now; returns ``finish()``, which measures them again and gives
+    :class:`Peaks` (the higher of each pair: load on a shared machine only lowers a peak)."""
+    triad = dict(repeat=3, min_time=0.02) if quick else {}
+    flop = [bench.peak_gflops(n=peak_n, dtype=dtype, min_time=peak_min_time)]
+    band = [bench.peak_gbytes(**triad)]
+
+    def finish() -> Peaks:
+        flop.append(bench.peak_gflops(n=peak_n, dtype=dtype, min_time=peak_min_time))
+        band.append(bench.peak_gbytes(**triad))
+        return Peaks(max(flop), max(band), f"{peak_n}³ {np.dtype(dtype).name} GEMM"
+                     f"{', quick: short runs' if quick else ''}",
+                     f"triad on 3 × {bench.TRIAD_N * 8 >> 20} MiB float64", {
+            "peak_gflops_start": flop[0], "peak_gflops_end": flop[1],
+            "peak_gbytes_start": band[0], "peak_gbytes_end": band[1]})
+
+    return finish
+
+
+def _row(case: Case, dtype, timings: dict) -> dict:
+    row = {"kernel": case.kernel, "size": case.label,
+           "shapes": [list(np.shape(a)) for a in case.args if np.ndim(a)],
+           "dtype": np.dtype(dtype).name, "flops": case.flops, "bytes": case.nbytes,
+           "intensity": case.intensity}
+    for backend, t in timings.items():
+        row[backend] = {"median_s": t.median, "iqr_s": t.iqr, "runs_s": list(t.runs),
+                        "number": t.number, "gflops": t.gflops, "gbytes_per_s": t.gbytes}
+    row["speedup"] = row["numpy"]["median_s"] / row["numba"]["median_s"]
+    return row
+
+
+def _against_roofs(rows: list, timings: list, peaks: Peaks) -> list[str]:
+    """Each row's fractions of the two roofs and of the one that bounds it; the warnings."""
+    ridge = peaks.gflops / peaks.gbytes
+    warnings, noisy = [], []
+    for row, ts in zip(rows, timings):
+        row["bound"] = "memory" if row["intensity"] < ridge else "compute"
+        roof = bench.roofline(row["intensity"], peaks.gflops, peaks.gbytes)
+        for backend, t in ts.items():
+            r = row[backend]
+            r["frac_peak"] = r["gflops"] / peaks.gflops
+            r["frac_bandwidth"] = r["gbytes_per_s"] / peaks.gbytes
+            r["frac_roof"] = r["gflops"] / roof
+            name = f"{backend} {row['kernel']} {row['size']}"
+            warnings += bench.guard(name, t, peaks.gflops, peaks.gbytes, peaks.flop_label,
+                                    peaks.band_label, noise=False)
+            if t.rel_iqr > bench.NOISY:
+                noisy.append(f"{name} ({100 * t.rel_iqr:.0f}%)")
+    if noisy:  # one line for them all: on a busy machine there can be many
+        warnings.append(f"noisy, the IQR over {100 * bench.NOISY:.0f}% of the median: "
+                        + ", ".join(noisy) + "; rerun on a quieter machine or with more "
+                        "repeats")
+    return warnings
+
+
 def run(kernels=KERNELS, dtype=np.float32, repeat: int = 15, min_time: float = 0.02,
         peak_n: int = 2048, sizes: set | None = None, peak_min_time: float = 0.2,
-        progress=None) -> dict:
-    """Time every kernel and size; returns the JSON-ready results.
+        progress=None, quick: bool = False) -> dict:
+    """Time every kernel and size against the two measured roofs; the JSON-ready results.
 
-    The peak is measured before and after the kernels and the higher taken (a peak is the
-    best the machine did; a busy spell on the shared machine only lowers a measurement);
+    The roofs are measured before and after the kernels and the higher of each taken;
     ``progress(row)`` is called after each kernel and size.
     """
     rng = np.random.default_rng(0)
     start = machine()
-    peak_start = bench.peak_gflops(n=peak_n, dtype=dtype, min_time=peak_min_time)
-    rows = []
+    finish = measure_peaks(dtype, peak_n, peak_min_time, quick)
+    rows, timings = [], []
     for name in kernels:
         ref_fn, fast_fn = kernel_pair(name)
         for case in cases_for(name, rng, dtype, sizes):
             check_agree(name, ref_fn, fast_fn, case.args)
-            row = {"kernel": name, "size": case.label,
-                   "shapes": [list(np.shape(a)) for a in case.args if np.ndim(a)],
-                   "dtype": np.dtype(dtype).name, "flops": case.flops, "bytes": case.nbytes}
-            timings = bench.compare({"numpy": ref_fn, "numba": fast_fn}, *case.args,
-                                    repeat=repeat, min_time=min_time)
-            for backend, t in timings.items():
-                row[backend] = {"median_s": t.median, "iqr_s": t.iqr, "runs_s": list(t.runs),
-                                "number": t.number,
-                                "gflops": bench.gflops(case.flops, t.median),
-                                "gbytes_per_s": case.nbytes / t.median / 1e9}
-            row["speedup"] = row["numpy"]["median_s"] / row["numba"]["median_s"]
-            rows.append(row)
+            ts = bench.compare({"numpy": ref_fn, "numba": fast_fn}, *case.args, repeat=repeat,
+                               min_time=min_time, flops=case.flops, bytes=case.nbytes)
+            rows.append(_row(case, dtype, ts))
+            timings.append(ts)
             if progress is not None:
-                progress(row)
-    peak_end = bench.peak_gflops(n=peak_n, dtype=dtype, min_time=peak_min_time)
-    peak = max(peak_start, peak_end)
-    for row in rows:
-        for backend in ("numpy", "numba"):
-            row[backend]["frac_peak"] = row[backend]["gflops"] / peak
-    return {"machine": start, "loadavg_end": machine()["loadavg"], "peak_gflops": peak,
-            "peak_gflops_start": peak_start, "peak_gflops_end": peak_end, "peak_n": peak_n,
-            "dtype": np.dtype(dtype).name, "repeat": repeat, "min_time_s": min_time,
-            "results": rows}
+                progress(rows[-1])
+    peaks = finish()
+    warnings = _against_roofs(rows, timings, peaks)
+    return {"machine": start, "loadavg_end": machine()["loadavg"], "peak_gflops": peaks.gflops,
+            "peak_gbytes": peaks.gbytes, "peaks": f"P: {peaks.flop_label}; B: {peaks.band_label}",
+            **peaks.detail,
+            "peak_n": peak_n, "quick": quick, "dtype": np.dtype(dtype).name, "repeat": repeat,
+            "min_time_s": min_time, "results": rows, "warnings": warnings}
 
 
 HEADER = (f"{'kernel':<17}{'size':<19}{'numpy µs':>18}{'numba µs':>18}{'speedup':>9}"
-          f"{'numpy GF/s':>12}{'numba GF/s':>12}{'numpy %pk':>11}{'numba %pk':>11}"
-          f"{'numba GB/s':>12}")
+          f"{'FLOP/B':>8}{'bound':>8}{'numba GF/s':>12}{'numba GB/s':>12}{'numpy %rf':>11}"
+          f"{'numba %rf':>11}")
 
 
 def _sig(v: float, digits: int) -> str:
@@ -270,24 +341,50 @@ def _us(t: dict) -> str:
 def format_row(r: dict) -> str:
     a, b = r["numpy"], r["numba"]
     return (f"{r['kernel']:<17}{r['size']:<19}{_us(a):>18}{_us(b):>18}{r['speedup']:>8.2f}x"
-            f"{a['gflops']:>12.3g}{b['gflops']:>12.3g}{100 * a['frac_peak']:>10.3g}%"
-            f"{100 * b['frac_peak']:>10.3g}%{b['gbytes_per_s']:>12.3g}")
+            f"{r['intensity']:>8.3g}{r['bound']:>8}{b['gflops']:>12.3g}{b['gbytes_per_s']:>12.3g}"
+            f"{100 * a['frac_roof']:>10.3g}%{100 * b['frac_roof']:>10.3g}%")
 
 
 def table(data: dict) -> str:
-    """The results as a text table, headed by the peak they are a fraction of."""
+    """The results as a text table, headed by the two roofs they are fractions of."""
     m = data["machine"]
-    lines = [f"peak: {data['peak_gflops']:.1f} GFLOP/s ({data['peak_n']}³ {data['dtype']} "
-             f"BLAS matmul, best of before ({data['peak_gflops_start']:.1f}) and after "
-             f"({data['peak_gflops_end']:.1f}); OPENBLAS_NUM_THREADS="
-             f"{m['OPENBLAS_NUM_THREADS']})", HEADER]
-    lines += [format_row(r) for r in data["results"]]
+    ridge = data["peak_gflops"] / data["peak_gbytes"]
+    lines = [
+        f"FLOP peak P: {data['peak_gflops']:.1f} GFLOP/s ({data['peak_n']}³ {data['dtype']} BLAS "
+        f"matmul, best of before ({data['peak_gflops_start']:.1f}) and after "
+        f"({data['peak_gflops_end']:.1f}); OPENBLAS_NUM_THREADS={m['OPENBLAS_NUM_THREADS']})",
+        f"bandwidth B: {data['peak_gbytes']:.1f} GB/s (a = b + s·c on 3 × "
+        f"{bench.TRIAD_N * 8 >> 20} MiB float64, best of {data['peak_gbytes_start']:.1f} and "
+        f"{data['peak_gbytes_end']:.1f}); ridge P / B = {ridge:.2f} FLOP/byte",
+        "%rf: GFLOP/s as a percentage of the roof min(P, FLOP/B · B), i.e. of the bandwidth "
+        "for a memory-bound case, of P for a compute-bound one"]
+    if data.get("quick"):
+        lines.append(f"quick mode: P is a {data['peak_n']}³ GEMM of short runs, a lower bound of "
+                     "the machine's; figures above 100% are listed as warnings")
+    lines += [HEADER, *[format_row(r) for r in data["results"]]]
+    warnings = data.get("warnings") or []
+    if warnings:
+        lines += [f"warnings ({len(warnings)}):", *[f"  {w}" for w in warnings]]
     return "\n".join(lines) + "\n"
 
 
 def write_json_atomic(path: str, data: dict) -> None:
-    """The results as JSON at ``path``, written atomically (tinymeta.io.write_json)."""
-    tm_io.write_json(path, data, indent=1)
+    """The results as JSON at ``path``, written atomically, with the commit, the machine and
+    the library versions (tinymeta.bench_history.write_results)."""
+    bench_history.write_results(path, data, os.path.dirname(os.path.abspath(__file__)),
+                                indent=1)
+
+
+def roofline(data: dict, path: str) -> str:
+    """Every case and backend as a point on this run's roofline (tinymeta.bench.roofline_plot)."""
+    points = [{"kernel": r["kernel"], "backend": backend, "intensity": r["intensity"],
+               "gflops": r[backend]["gflops"]}
+              for r in data["results"] for backend in ("numba", "numpy")]
+    m = data["machine"]
+    title = (f"tinymeta kernels, {data['dtype']}: {m['cpu']}, OPENBLAS_NUM_THREADS="
+             f"{m['OPENBLAS_NUM_THREADS']}, {m['date']}")
+    return bench.roofline_plot(points, data["peak_gflops"], data["peak_gbytes"], path,
+                               title=title, peaks=data["peaks"])
 
 
 def plot(data: dict, path: str) -> bool:
@@ -331,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", metavar="PATH", help="write the results as JSON (atomically)")
     p.add_argument("--plot", metavar="PATH", help="draw GFLOP/s against size (matplotlib)")
+    p.add_argument("--roofline", metavar="PATH",
+                   help="draw every case on the measured roofline (matplotlib)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--kernels", default=",".join(KERNELS),
                    help="comma-separated subset of: " + ", ".join(KERNELS))
@@ -338,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-time", type=float, default=0.02,
                    help="least seconds per run (default 0.02)")
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run: sinusoid sizes and 64² only, 3 short runs, 1024³ peak")
+                   help="a smoke run: sinusoid sizes and 64² only, 3 short runs, 1024³ FLOP "
+                        "peak of short runs (its fractions flagged above 100%%)")
     args = p.parse_args(argv)
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
     unknown = sorted(set(kernels) - set(KERNELS))
@@ -354,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {row['kernel']} {row['size']}: {row['speedup']:.2f}x", file=sys.stderr)
 
     data = run(kernels, np.dtype(args.dtype).type, repeat, min_time, peak_n, sizes,
-               peak_min_time, progress)
+               peak_min_time, progress, quick=args.quick)
     print(table(data))
     m = data["machine"]
     print(f"{m['cpu']}, {m['cpu_count']} cores, {m['blas']}, "
@@ -370,6 +470,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("--plot: matplotlib is not installed; no plot drawn "
                   "(pip install 'tinymeta[plot]')", file=sys.stderr)
+    if args.roofline:
+        try:
+            print(f"wrote {roofline(data, args.roofline)}")
+        except ImportError as e:
+            print(f"--roofline: {e}; no plot drawn", file=sys.stderr)
     return 0
 
 

@@ -21,12 +21,14 @@ Time: one run each (these are large calls; the point is the trend in T).
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import tracemalloc
 
 import numpy as np
 
 import tinymeta as tm
+from tinymeta import bench_history
 
 DEPTHS = (1, 5, 10, 20, 40)
 
@@ -112,7 +114,9 @@ def main(argv=None) -> list[dict]:
     for shape in args.shapes.split(","):
         rows += measure(shape, methods, depths)
     if args.json:
-        tm.io.write_json(args.json, rows, indent=1)
+        # atomically, with the commit, the machine and the library versions
+        bench_history.write_results(args.json, {"rows": rows},
+                                    os.path.dirname(os.path.abspath(__file__)), indent=1)
     if args.plot:
         try:
             import matplotlib

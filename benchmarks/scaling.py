@@ -442,9 +442,11 @@ def main(argv: list | None = None) -> int:
         info, steps, sweep = measure(ranks, args.repeats, args.quick)
     result = report(info, steps, sweep)
     if args.json:
-        from tinymeta import io as tm_io
+        from tinymeta import bench_history
 
-        tm_io.write_json(args.json, result, indent=1)
+        # atomically, with the commit, the machine and the library versions
+        bench_history.write_results(args.json, result,
+                                    os.path.dirname(os.path.abspath(__file__)), indent=1)
         print(f"\n{args.json}")
     return 0
 

@@ -1,26 +1,11 @@
-"""Hypothesis profiles: "dev" (quick, random) and "ci" (more examples, derandomized).
+"""tinymeta's own tests use its pytest plugin, tinymeta/pytest_plugin.py: the ``gradcheck``
+fixture and the hypothesis profiles tinymeta-dev (quick, random), tinymeta-ci (more
+examples, derandomized) and tinymeta-thorough, one of them loaded by pyproject.toml's
+``tinymeta_hypothesis_profile = "auto"``: ``HYPOTHESIS_PROFILE`` names one explicitly (e.g.
+"thorough"), else tinymeta-ci where ``CI`` is set, else tinymeta-dev.
 
-"ci" is loaded when the environment variable CI is set, "dev" otherwise;
-HYPOTHESIS_PROFILE names another profile explicitly (e.g. "thorough").
+Where tinymeta is installed the plugin is already loaded by its entry point, under this same
+name, and pytest does not load it again; in a bare checkout this line loads it.
 """
 
-from __future__ import annotations
-
-import os
-
-from hypothesis import HealthCheck, settings
-
-settings.register_profile("dev", max_examples=10, deadline=None, print_blob=True)
-settings.register_profile(
-    "ci",
-    max_examples=20,
-    deadline=None,
-    derandomize=True,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile("thorough", max_examples=200, deadline=None, print_blob=True)
-
-settings.load_profile(
-    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
-)
+pytest_plugins = ("tinymeta.pytest_plugin",)

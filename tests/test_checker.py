@@ -48,6 +48,10 @@ exp_frozen = _exp_with_rule(lambda g, ans, x: g * tm.stop_gradient(ans), "exp_fr
 # first order right, but written in raw NumPy: fine on arrays, refused on traced values
 exp_numpy = _exp_with_rule(lambda g, ans, x: g * np.exp(x), "exp_numpy")
 
+# the same with a raw NumPy JVP rule: forward mode fails at order 2
+exp_numpy_jvp = _exp_with_rule(lambda g, ans, x: g * ans, "exp_numpy_jvp")
+tm.defjvp(exp_numpy_jvp, lambda t, ans, x: t * np.exp(x))
+
 # sin whose derivative cos has a wrong derivative: right to order 2, wrong at order 3
 my_cos = tm.primitive(np.cos, name="my_cos")
 my_sin = tm.primitive(np.sin, name="my_sin")
@@ -108,6 +112,25 @@ def test_a_raw_numpy_rule_passes_order_one_and_is_refused_at_order_two() -> None
         check_grads(exp_numpy, (X,), order=2)
     if sys.version_info >= (3, 11):
         assert any("VJP of VJP of exp_numpy" in note for note in info.value.__notes__)
+    # the error names the primitive, the rule and where it is, and how to write it
+    message = str(info.value)
+    assert message.startswith("exp_numpy: its VJP rule for argument 0, <lambda> "
+                              "(test_checker.py, line ")
+    assert "must be written in tinymeta ops: tm.exp(x)" in message
+
+
+def test_a_raw_numpy_jvp_rule_is_named_at_order_two() -> None:
+    check_grads(exp_numpy_jvp, (X,), order=1, modes=("fwd",))
+    with pytest.raises(TypeError, match="^exp_numpy_jvp: its JVP rule for argument 0, "
+                                        "<lambda> .*must be written in tinymeta ops"):
+        check_grads(exp_numpy_jvp, (X,), order=2, modes=("fwd",))
+
+
+def test_a_type_error_of_a_rule_on_arrays_names_the_rule_without_the_hint() -> None:
+    broken = _exp_with_rule(lambda g, ans, x: g * ans + "s", "exp_broken")
+    with pytest.raises(TypeError, match="^exp_broken: its VJP rule for argument 0") as info:
+        tm.grad(lambda x: tm.sum(broken(x)))(X)
+    assert "tinymeta ops" not in str(info.value)
 
 
 def test_a_third_order_error_is_found_at_order_three_only() -> None:

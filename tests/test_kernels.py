@@ -794,19 +794,43 @@ def test_bench_flop_helpers():
 def test_kernel_benchmark_script_smoke(tmp_path):
     out = tmp_path / "k.json"
     script = Path(__file__).parents[1] / "benchmarks" / "kernels.py"
+    png = tmp_path / "roofline.png"
     proc = subprocess.run([sys.executable, str(script), "--quick", "--kernels",
-                           "linear,sq_err_mean_grad", "--json", str(out)],
+                           "linear,sq_err_mean_grad", "--json", str(out), "--roofline",
+                           str(png)],
                           env=_clean_env(OPENBLAS_NUM_THREADS="1"), capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(out.read_text())
     assert data["machine"]["OPENBLAS_NUM_THREADS"] == "1" and data["peak_gflops"] > 0
+    P, B = data["peak_gflops"], data["peak_gbytes"]
+    assert B > 0 and data["quick"] and isinstance(data["warnings"], list)
     sizes = {(r["kernel"], r["size"]) for r in data["results"]}
     assert ("linear", "sin 40->40 per-task") in sizes and ("sq_err_mean_grad", "64^2") in sizes
     for r in data["results"]:
+        assert r["intensity"] == r["flops"] / r["bytes"]
+        assert r["bound"] == ("memory" if r["intensity"] < P / B else "compute")
         for backend in ("numpy", "numba"):
-            assert r[backend]["median_s"] > 0 and 0 < r[backend]["frac_peak"]
+            t = r[backend]
+            assert t["median_s"] > 0 and 0 < t["frac_peak"]
+            assert t["gflops"] == pytest.approx(r["flops"] / t["median_s"] / 1e9, rel=1e-12)
+            assert t["frac_roof"] == pytest.approx(t["gflops"] / min(P, r["intensity"] * B))
+            assert t["frac_bandwidth"] == pytest.approx(r["bytes"] / t["median_s"] / 1e9 / B)
         assert r["speedup"] > 0
+    assert "quick mode: P is a 1024³ GEMM" in proc.stdout
+    # every figure above a roof is in the warnings (none is over 100% silently)
+    for r in data["results"]:
+        for backend in ("numpy", "numba"):
+            if r[backend]["frac_peak"] > 1 or r[backend]["frac_bandwidth"] > 1:
+                assert any(w.startswith(f"{backend} {r['kernel']} {r['size']}: ")
+                           for w in data["warnings"]), (backend, r["kernel"], r["size"])
+    prov = data["provenance"]
+    assert prov["cores"] == os.cpu_count() and prov["versions"]["numpy"] == np.__version__
+    head = subprocess.run(["git", "-C", str(script.parent), "rev-parse", "HEAD"],
+                          capture_output=True, text=True)
+    if head.returncode == 0:
+        assert prov["commit"] == head.stdout.strip() and prov["dirty"] in (True, False)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "linear" in proc.stdout and not list(tmp_path.glob(".kernels-*"))
 
 

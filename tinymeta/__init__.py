@@ -3,7 +3,7 @@ few-shot meta-learning (MAML, first-order MAML, Reptile, iMAML, Meta-SGD) on it.
 
 from __future__ import annotations
 
-from . import kernels, meta, nn, optim, tasks  # noqa: E402  (built on the engine above)
+from . import kernels, meta, nn, optim, tasks, testing  # noqa: E402  (built on the engine above)
 from .compile import Compiled, Tape, compile, make_tape
 from .config import config
 from .io import load, save  # noqa: E402

@@ -357,19 +357,34 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="run the benchmark suite of a checkout (benchmarks/)",
+    p = sub.add_parser("bench", help="run the benchmark suite of a checkout (benchmarks/), or "
+                       "compare two results files",
                        description="Run benchmarks/engine.py, kernels.py and e2e.py one after "
-                       "another (OPENBLAS_NUM_THREADS=1 unless set), writing JSON to --out.")
+                       "another (OPENBLAS_NUM_THREADS=1 unless set), writing JSON to --out; or "
+                       "'tinymeta bench compare OLD.json NEW.json [--fail-if median:10%] "
+                       "[--csv PATH]': the new/old median ratios with their noise, exit "
+                       "status 1 on a regression beyond --fail-if (each side a file, or "
+                       "repeated runs: A1.json,A2.json,...).")
     a = p.add_argument
     a("suites", nargs="*", default=list(bench.SUITES),
-      help="engine, kernels, e2e (default all)")
+      help="engine, kernels, e2e (default all); or compare OLD.json NEW.json")
     a("--out", default="benchmarks/out", help="folder for the JSON files (benchmarks/out)")
     a("--quick", action="store_true", help="short smoke runs (not for figures)")
     a("--root", default=".", help="the checkout holding benchmarks/ (default .)")
+    a("--fail-if", default=None, metavar="median:N%",
+      help="compare: exit 1 when a median is slower by more than N%% and than its noise")
+    a("--csv", default=None, metavar="PATH",
+      help="compare: write the comparison (one file given: its timings) as CSV")
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.suites[:1] == ["compare"]:
+        from . import bench_history  # the comparison of results files, a library module
+
+        return bench_history.compare_command(args.suites[1:], args.fail_if, args.csv)
+    if args.fail_if or args.csv:
+        raise CLIError("--fail-if and --csv go with 'tinymeta bench compare'")
     try:
         bench.run_suites(args.suites, args.out, quick=args.quick, root=args.root)
     except RuntimeError as e:

@@ -17,7 +17,7 @@ from ..tape import Primitive, bind, new_level, unbox
 from ..tensor import Tensor
 from ..tree import tree_flatten, tree_unflatten
 from .boundary import as_cotangent, as_primal, lower_leaf, zeros_like
-from .reverse import grad, jacobian, vjp
+from .reverse import grad, jacobian, rule_error, vjp
 
 
 class JVPTrace:
@@ -61,7 +61,10 @@ class JVPTrace:
                 rule = rules[j] if j < len(rules) else _missing_jvp(prim, j)
                 if rule is None:
                     continue
-                c = rule(t, out, *vals, **params)
+                try:
+                    c = rule(t, out, *vals, **params)
+                except TypeError as e:
+                    raise rule_error(prim, "JVP", j, rule, e, (t, *vals)) from e
                 t_out = c if t_out is None else ops.add(t_out, c)
         else:
             t_out = _jvp_by_transposing_vjp(prim, vals, tans, params)

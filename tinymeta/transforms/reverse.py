@@ -11,6 +11,7 @@ under another transform they take and return Tensors of the outer trace.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -211,8 +212,37 @@ def backward(trace: GradTrace, seeds: list[tuple[int, Any]], wanted: list[int]) 
                     rule = rules[j]
                     if rule is None:  # declared non-differentiable there: zero cotangent
                         continue
-                    c = rule(g, out, *vals, **params)
+                    try:
+                        c = rule(g, out, *vals, **params)
+                    except TypeError as e:
+                        raise rule_error(prim, "VJP", j, rule, e, (g, *vals)) from e
                 cts[p] = c if cts[p] is None else add(cts[p], c)
     finally:
         phase.name = saved_phase
     return [kept.get(i) for i in wanted]
+
+
+def rule_error(prim: Any, kind: str, j: int, rule: Callable, e: TypeError,
+               inputs: tuple) -> TypeError:
+    """The TypeError a derivative rule raised, naming the primitive and the rule.
+
+    A rule that runs on Tensors (``inputs`` holds one) is being recorded for a higher
+    derivative; a rule written with NumPy's functions fails there (``np.exp(x)`` of a
+    Tensor: "operand 'Tensor' does not support ufuncs"), so the error says how to write it.
+    """
+    if getattr(e, "_names_the_rule", False):
+        return e
+    code = getattr(rule, "__code__", None)
+    where = (f" ({os.path.basename(code.co_filename)}, line {code.co_firstlineno})"
+             if code is not None else "")
+    name = getattr(rule, "__qualname__", type(rule).__name__)
+    msg = f"{prim.name}: its {kind} rule for argument {j}, {name}{where}, raised: {e}"
+    if any(type(a) is Tensor for a in inputs):
+        msg += (f". It ran on Tensors because a higher derivative is being taken (the "
+                f"{'backward sweep' if kind == 'VJP' else 'tangent'} is itself recorded), so "
+                "it must be written in tinymeta ops: tm.exp(x), tm.sum(x, axis=0), "
+                "tm.where(c, x, y), x * y, x @ W, not np.exp(x), np.sum(...) "
+                f"(see tm.def{kind.lower()})")
+    err = TypeError(msg)
+    err._names_the_rule = True
+    return err
