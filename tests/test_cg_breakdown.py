@@ -168,3 +168,13 @@ def test_imaml_reports_no_breakdown_on_a_well_posed_system():
     g, info = tm.meta.imaml(support_or_query_loss, params, batch, inner_lr=0.1, inner_steps=5,
                             lam=10.0, cg_steps=10)
     assert info["breakdown"].shape == (2,) and not info["breakdown"].any()
+
+
+def test_cg_reports_breakdown_in_float32_too():
+    A, b = singular_and_spd()
+    A, b = A.astype(np.float32), b.astype(np.float32)
+    x, info = cg(batched_matvec(A), b, maxiter=10)
+    assert x.dtype == np.float32
+    np.testing.assert_array_equal(info["breakdown"], [True, False])
+    np.testing.assert_allclose(x[0], galerkin_k2(A[0].astype(float), b[0].astype(float)),
+                               rtol=1e-4)

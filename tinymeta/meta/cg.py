@@ -79,10 +79,12 @@ def cg(matvec: Callable[[Any], Any], b: Any, x0: Any = None, maxiter: int = 10,
 
     The task then stops at its last good iterate (the step is not taken, or undone), is
     flagged in ``breakdown``, and its residuals stay at that iterate's: never a silent
-    10⁶⁸. δ is ``breakdown_tol``, by default 1000 times the machine epsilon of b's dtype
-    (2.2e-13 in float64). On systems that do not break down the iterates are exactly
-    those of plain CG. Every branch is a mask, so cg records and replays
-    (``make_tape``, ``tm.compile``) with a fixed iteration count.
+    10⁶⁸. δ is ``breakdown_tol``, by default 10 machine epsilons of b's dtype (2.2e-15 in
+    float64, 1.2e-6 in float32): about the rounding of a computed Rayleigh quotient, so
+    that a curvature that is merely small (an indefinite A, whose CG iterate recovers at
+    the next step) is not taken for zero; a larger δ flags more. On systems that do not
+    break down the iterates are exactly those of plain CG. Every branch is a mask, so cg
+    records and replays (``make_tape``, ``tm.compile``) with a fixed iteration count.
 
     Args:
         matvec: p ↦ A p on task-batched pytrees.
@@ -91,7 +93,7 @@ def cg(matvec: Callable[[Any], Any], b: Any, x0: Any = None, maxiter: int = 10,
         maxiter: the most iterations.
         tol: relative-residual tolerance (0: run all ``maxiter`` iterations).
         on_negative_curvature: "continue" or "stop".
-        breakdown_tol: δ above (None: 1000 machine epsilons).
+        breakdown_tol: δ above, in (0, 1) (None: 10 machine epsilons).
 
     Returns:
         (x, info): x like b; info "residuals" the relative residuals of every task at
@@ -167,10 +169,10 @@ def cg(matvec: Callable[[Any], Any], b: Any, x0: Any = None, maxiter: int = 10,
 
 
 def _breakdown_tol(breakdown_tol: float | None, leaf: Any) -> float:
-    """δ: the given one, or 1000 machine epsilons of the right-hand side's dtype."""
+    """δ: the given one, or 10 machine epsilons of the right-hand side's dtype."""
     if breakdown_tol is None:
         dt = np.dtype(leaf.dtype)
-        return 1000.0 * float(np.finfo(dt if dt.kind in "fc" else np.float64).eps)
+        return 10.0 * float(np.finfo(dt if dt.kind in "fc" else np.float64).eps)
     delta = float(breakdown_tol)
     if not 0.0 < delta < 1.0:
         raise ValueError(f"cg: breakdown_tol must be in (0, 1); got {breakdown_tol!r}")
