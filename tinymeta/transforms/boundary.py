@@ -71,7 +71,7 @@ def like_dtype(d: Any, v: Any) -> Any:
     and differentiated like any other step.
     """
     dt = v.dtype
-    if d.dtype != dt:
+    if getattr(d, "dtype", dt) != dt:  # (a Python number, from a user's rule, stays one)
         d = ops.astype(d, dt)
     return d
 
