@@ -229,7 +229,7 @@ def test_imaml_info_keys_and_adapt_end_of_path():
     params, batch = make_problem()
     _, info = meta.imaml(tanh_loss, params, batch, 0.1, 2, lam=1.0, cg_steps=3)
     assert list(info) == ["support_loss", "query_loss", "loss", "cg_residuals",
-                          "neg_curvature", "cg_iterations"]
+                          "neg_curvature", "breakdown", "cg_iterations"]
     adapted = meta.adapt(tanh_loss, params, batch.support_x, batch.support_y, 0.3, 3, MASK)
     path = list(meta.adapt_path(tanh_loss, params, batch.support_x, batch.support_y, 0.3, 3,
                                 MASK))

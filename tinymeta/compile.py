@@ -21,12 +21,15 @@ random numbers it draws are constants of the recorded program.
 from __future__ import annotations
 
 import itertools
+import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from . import kernels, ops
+from .config import config
 from .tape import Primitive, bind, new_level, phase, unbox
 from .tensor import Tensor
 from .transforms import vjp
@@ -493,37 +496,71 @@ def _signature(args: tuple) -> tuple:
     return tuple(sig)
 
 
-class Compiled:
-    """``f`` recorded once per input signature and replayed (see :func:`compile`)."""
+DEFAULT_CACHE_SIZE = 64  # recordings a compiled function keeps (least recently used dropped)
 
-    def __init__(self, f: Callable) -> None:
+
+class Compiled:
+    """``f`` recorded once per input signature and replayed (see :func:`compile`).
+
+    Keeps at most ``cache_size`` recordings, least recently used dropped first.
+    ``recordings`` counts the recordings made, ``evictions`` those dropped.
+    """
+
+    def __init__(self, f: Callable, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
+            raise ValueError(f"compile: cache_size must be an int >= 1; got {cache_size!r}")
         self.f = f
-        self.tapes: dict[tuple, Tape] = {}
+        self.cache_size = cache_size
+        self.tapes: OrderedDict[tuple, Tape] = OrderedDict()
+        self.recordings = 0
+        self.evictions = 0
         self.__doc__ = getattr(f, "__doc__", None)
         self.__name__ = getattr(f, "__name__", "compiled")
 
     def __call__(self, *args: Any) -> Any:
+        if config.debug_nans:  # eager, so that every primitive and rule is checked
+            return self.f(*args)
         sig = _signature(args)
-        tape = self.tapes.get(sig)
+        tapes = self.tapes
+        tape = tapes.get(sig)
         if tape is None:
             tape, out = _capture(self.f, args)
-            self.tapes[sig] = tape
+            self._keep(sig, tape)
             return out
+        tapes.move_to_end(sig)
         return tape.replay(*args)
+
+    def _keep(self, sig: tuple, tape: Tape) -> None:
+        """Keep a new recording; past ``cache_size``, drop the least recently used."""
+        self.tapes[sig] = tape
+        self.recordings += 1
+        if len(self.tapes) > self.cache_size:
+            self.tapes.popitem(last=False)
+            self.evictions += 1
+            if self.evictions == 1:
+                warnings.warn(
+                    f"tm.compile({self.__name__}): more than cache_size={self.cache_size} "
+                    "signatures recorded, so the least recently used recording was dropped "
+                    "and will be recorded again if called again (.evictions counts them). "
+                    "Each new value of a Python scalar argument is a new signature: pass a "
+                    "number that changes from call to call as an array, or raise cache_size",
+                    RuntimeWarning, stacklevel=3)
 
     def tape(self, *args: Any) -> Tape:
         """The tape recorded for these arguments' signature (recording it if need be)."""
         sig = _signature(args)
-        if sig not in self.tapes:
-            self(*args)
-        return self.tapes[sig]
+        tape = self.tapes.get(sig)
+        if tape is None:
+            tape, _ = _capture(self.f, args)
+            self._keep(sig, tape)
+        return tape
 
     def source(self, *args: Any) -> str:
         """The generated Python replayed for these arguments' signature."""
         return self.tape(*args).source()
 
 
-def compile(f: Callable) -> Compiled:  # noqa: A001  (tm.compile, as jax.jit)
+def compile(f: Callable, cache_size: int = DEFAULT_CACHE_SIZE) -> Compiled:  # noqa: A001
     """Record ``f``'s tape once per input signature and replay it as a flat program.
 
     The signature is the tree structure of the arguments, each array's shape and
@@ -533,10 +570,20 @@ def compile(f: Callable) -> Compiled:  # noqa: A001  (tm.compile, as jax.jit)
     values (``if x.sum() > 0:``) is refused during the recording with a TypeError
     naming the line. On the NumPy backend replays equal eager results bitwise.
 
+    At most ``cache_size`` recordings (default 64) are kept, in a least-recently-used
+    cache: the signature used longest ago is dropped when a new one would exceed it,
+    so that a Python scalar that changes at every call (a schedule's learning rate)
+    records at every call but holds bounded memory. The first drop warns
+    (RuntimeWarning); ``compiled.recordings`` and ``compiled.evictions`` count them.
+    Pass such a number as a 0-d array of the parameters' dtype (arrays are not weakly
+    typed, so a float64 one would promote float32 work) to make it an input of one
+    recording instead. While
+    ``tm.config.debug_nans`` is on, calls run ``f`` eagerly (checked, not replayed).
+
     Example::
 
         step = tm.compile(lambda p, batch: tm.meta.maml(loss_fn, p, batch, 0.01, 1))
         g, info = step(params, batch)      # records
         g, info = step(params, batch2)     # replays
     """
-    return Compiled(f)
+    return Compiled(f, cache_size)

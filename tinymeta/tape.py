@@ -22,6 +22,7 @@ once ``grad`` returns, nothing refers to it and its memory goes.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -201,12 +202,60 @@ def _describe_args(vals) -> str:
 
 
 def _check_finite(prim: Primitive, vals, out) -> None:
-    xp = kernels.get_backend().xp
-    dt = getattr(out, "dtype", None)
-    if dt is not None and dt.kind in "fc" and not bool(xp.all(xp.isfinite(out))):
+    bad = _nonfinite(out)
+    if bad:
         raise FloatingPointError(
-            f"debug_nans: {prim.name} produced a NaN or an Inf from {_describe_args(vals)}"
+            f"debug_nans: {prim.name} produced {bad} from {_describe_args(vals)}"
         )
+
+
+def _nonfinite(x: Any) -> str:
+    """"nan" or "inf" when the float array (or Python float) ``x`` holds one, else ""."""
+    while type(x) is Tensor:
+        x = x._value
+    dt = getattr(x, "dtype", None)
+    if dt is None:
+        if isinstance(x, (float, complex)) and not math.isfinite(abs(x)):
+            return "nan" if x != x else "inf"
+        return ""
+    if dt.kind not in "fc":
+        return ""
+    xp = kernels.get_backend().xp
+    if bool(xp.all(xp.isfinite(x))):
+        return ""
+    return "nan" if bool(xp.any(xp.isnan(x))) else "inf"
+
+
+def check_derivative(kind: str, prim: Primitive, argnum: int | None, d: Any,
+                     vals: tuple | list) -> None:
+    """``debug_nans`` on a derivative a rule produced: raise where ``d`` holds a NaN or an Inf.
+
+    ``kind`` is "VJP" (a cotangent of the backward sweep: ``argnum`` the argument whose
+    cotangent it is, None for the part shared by every argument) or "JVP" (a tangent of
+    forward mode). The ``FloatingPointError`` names the primitive whose rule produced it,
+    e.g. "debug_nans: the VJP of sqrt produced inf (the cotangent of its argument 0) in
+    the backward sweep, from inputs float64[2]".
+    """
+    bad = _nonfinite(d)
+    if not bad:
+        return
+    if kind == "JVP":
+        what, where = "the tangent of its output", "forward mode"
+    elif argnum is None:
+        what, where = "the cotangent shared by its arguments", "the backward sweep"
+    else:
+        what, where = f"the cotangent of its argument {argnum}", "the backward sweep"
+    plain = [_plain(v) for v in vals]
+    raise FloatingPointError(
+        f"debug_nans: the {kind} of {prim.name} produced {bad} ({what}) in {where}, from "
+        f"{_describe_args(plain)}"
+    )
+
+
+def _plain(v: Any) -> Any:
+    while type(v) is Tensor:
+        v = v._value
+    return v
 
 
 def _escaped(prim: Primitive) -> None:

@@ -30,7 +30,10 @@ def imaml(loss_fn: LossFn, params: Any, batch: Any, inner_lr: float, inner_steps
     paper's 1/λ, and this is not "the last gradient" but an identity at the inner optimum,
     exact when φ is the exact minimiser. I + H_S/λ is positive definite only near a
     minimiser; away from one CG may meet negative curvature (see ``on_negative_curvature``
-    and ``info["neg_curvature"]``).
+    and ``info["neg_curvature"]``). Where I + H_S(φ_e)/λ is singular to rounding (an
+    eigenvalue of H_S at −λ), CG breaks down: that task's CG stops at its last good
+    iterate, which is its meta-gradient, and ``info["breakdown"]`` flags it (see
+    :func:`cg`); check it rather than trust such a task.
 
     Args:
         loss_fn: ``loss_fn(params, x, y) -> (B,)`` per-task losses, params task-batched.
@@ -50,7 +53,8 @@ def imaml(loss_fn: LossFn, params: Any, batch: Any, inner_lr: float, inner_steps
     Returns:
         (meta_gradient like params, info): "support_loss" L_S(θ_0) and "query_loss"
         L_Q(φ) (B,), "loss", "cg_residuals" (iterations+1, B) relative residuals,
-        "neg_curvature" (B,) bool, "cg_iterations".
+        "neg_curvature" (B,) bool, "breakdown" (B,) bool (CG broke down on that task's
+        system and stopped at its last good iterate), "cg_iterations".
 
     References:
         Rajeswaran, Finn, Kakade and Levine 2019, Meta-Learning with Implicit Gradients
@@ -83,6 +87,7 @@ def imaml(loss_fn: LossFn, params: Any, batch: Any, inner_lr: float, inner_steps
         "loss": ops.mean(query),
         "cg_residuals": info["residuals"],
         "neg_curvature": info["neg_curvature"],
+        "breakdown": info["breakdown"],
         "cg_iterations": info["iterations"],
     }
 

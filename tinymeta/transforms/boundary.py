@@ -3,8 +3,15 @@
 A transform lifts each leaf x of its inputs onto a new trace of level ℓ (a primal:
 a backend float array, or a Tensor of an outer trace of level < ℓ), runs the
 function, and lowers each output leaf back one level, to the value it holds at
-level ℓ − 1. Cotangents and tangents come in shaped and typed like the value they
-pair with.
+level ℓ − 1.
+
+dtypes at the boundary (JAX's and PyTorch's rule): a tangent or cotangent has the dtype
+of the value it pairs with. Cotangents and tangents coming in are cast to the dtype of
+their output or primal (:func:`as_cotangent`), and derivatives going out are cast to the
+dtype of the value they are taken with respect to (:func:`like_dtype`): the gradient of
+a float32 input is float32 even where the function promotes to float64 inside (a float64
+constant), and a JVP has the dtype of its output. Inside, values follow NumPy 2's
+promotion.
 """
 
 from __future__ import annotations
@@ -55,6 +62,18 @@ def as_cotangent(c: Any, v: Any) -> Any:
     if dt != np.dtype(v.dtype):
         c = ops.astype(c, v.dtype)
     return c
+
+
+def like_dtype(d: Any, v: Any) -> Any:
+    """The derivative ``d`` in the dtype of the value ``v`` it belongs to (cast if it differs).
+
+    A cast is a primitive (``ops.astype``), so under an outer transform it is recorded
+    and differentiated like any other step.
+    """
+    dt = v.dtype
+    if getattr(d, "dtype", dt) != dt:  # (a Python number, from a user's rule, stays one)
+        d = ops.astype(d, dt)
+    return d
 
 
 def lower_leaf(x: Any, trace: Any) -> Any:

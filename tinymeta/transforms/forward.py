@@ -13,10 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import kernels, ops
-from ..tape import Primitive, bind, new_level, unbox
+from ..config import config
+from ..tape import Primitive, bind, check_derivative, new_level, unbox
 from ..tensor import Tensor
 from ..tree import tree_flatten, tree_unflatten
-from .boundary import as_cotangent, as_primal, lower_leaf, zeros_like
+from .boundary import as_cotangent, as_primal, like_dtype, lower_leaf, zeros_like
 from .reverse import grad, jacobian, rule_error, vjp
 
 
@@ -70,6 +71,8 @@ class JVPTrace:
             t_out = _jvp_by_transposing_vjp(prim, vals, tans, params)
         if t_out is None:
             return out
+        if config.debug_nans:
+            check_derivative("JVP", prim, None, t_out, vals)
         out_shape = getattr(out, "shape", ())
         if getattr(t_out, "shape", ()) != out_shape:
             t_out = ops.broadcast_to(t_out, out_shape)
@@ -111,6 +114,9 @@ def jvp(f: Callable, primals: tuple, tangents: tuple) -> tuple:
     inputs to the tangent of its output with its JVP rule (``tm.defjvp``), beside
     the forward computation, for about twice the cost of ``f``. A primitive that
     has only VJP rules (a user primitive) gets its J·t by transposing its VJP.
+
+    dtypes: each tangent is cast to its primal's dtype on the way in, and each output
+    tangent has its output's dtype (JAX's rule); inside, NumPy 2's promotion.
     """
     primals, tangents = tuple(primals), tuple(tangents)
     if len(primals) != len(tangents):
@@ -137,8 +143,10 @@ def jvp(f: Callable, primals: tuple, tangents: tuple) -> tuple:
         v = lower_leaf(o, trace)
         t = trace.tangent_of(o)
         vals.append(v)
-        tans.append(zeros_like(v) if t is None and hasattr(v, "shape") else
-                    (0.0 * v if t is None else t))
+        if t is None:
+            tans.append(zeros_like(v) if hasattr(v, "shape") else 0.0 * v)
+        else:
+            tans.append(like_dtype(t, v) if hasattr(v, "dtype") else t)
     return tree_unflatten(out_def, vals), tree_unflatten(out_def, tans)
 
 
@@ -161,7 +169,7 @@ def hvp(f: Callable, primals: tuple, tangents: tuple) -> Any:
     Σ_i ∂²f/∂x₀∂x_i · v_i. The reverse sweep of ``grad`` runs on dual numbers,
     so H·v costs about two gradients (reverse over reverse, ∇⟨∇f(x), v⟩, costs
     about three; :func:`hvp_rev` computes it that way). For one primal, a pytree
-    like it.
+    like it, every leaf in the dtype of its primal (the tangents are cast to it).
     """
     primals, tangents = tuple(primals), tuple(tangents)
     if len(primals) != len(tangents):
@@ -169,17 +177,28 @@ def hvp(f: Callable, primals: tuple, tangents: tuple) -> Any:
     return jvp(grad(f, argnums=0), primals, tangents)[1]
 
 
+def _tangent_like(t: Any, p: Any, i: int) -> Any:
+    """The tangent pytree ``t`` with each leaf in the dtype of primal ``p``'s leaf."""
+    pl, pd = tree_flatten(p)
+    tl, td = tree_flatten(t)
+    if pd != td:
+        raise ValueError(f"hvp: tangent {i}'s tree structure differs from primal {i}'s")
+    return tree_unflatten(td, [as_cotangent(b, as_primal(a, "hvp", i)) for a, b in zip(pl, tl)])
+
+
 def hvp_rev(f: Callable, primals: tuple, tangents: tuple) -> Any:
     """H·v = ∇⟨∇f(x), v⟩, reverse over reverse (the same numbers as :func:`hvp`).
 
     By symmetry of second derivatives, the JVP of ∇₀f along all tangents is
-    the gradient in x₀ of Σ_i ⟨∂f/∂x_i, v_i⟩.
+    the gradient in x₀ of Σ_i ⟨∂f/∂x_i, v_i⟩. In the dtype of the first primal, as
+    :func:`hvp`.
     """
     primals, tangents = tuple(primals), tuple(tangents)
     n = len(primals)
     if n != len(tangents):
         raise ValueError(f"hvp: {n} primals but {len(tangents)} tangents")
     nums = tuple(range(n))
+    tangents = tuple(_tangent_like(t, p, i) for i, (p, t) in enumerate(zip(primals, tangents)))
 
     def grad_dot_v(*xs: Any) -> Any:
         gs = grad(f, argnums=nums)(*xs)
@@ -192,5 +211,8 @@ def hvp_rev(f: Callable, primals: tuple, tangents: tuple) -> Any:
 
 
 def hessian(f: Callable, argnums: int = 0) -> Callable:
-    """Return x ↦ ∂²f/∂x² of shape ``in.shape + in.shape``: the Jacobian of the gradient."""
+    """Return x ↦ ∂²f/∂x² of shape ``in.shape + in.shape``: the Jacobian of the gradient.
+
+    In x's dtype, as the gradient it differentiates.
+    """
     return jacobian(grad(f, argnums), argnums)

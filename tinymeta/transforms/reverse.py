@@ -18,17 +18,28 @@ from typing import Any
 import numpy as np
 
 from .. import kernels, ops
-from ..tape import GradTrace, phase
+from ..config import config
+from ..tape import GradTrace, check_derivative, phase
 from ..tensor import Tensor
 from ..tree import tree_flatten, tree_unflatten
-from .boundary import argnums_tuple, as_cotangent, as_primal, lower, lower_leaf, zeros_like
+from .boundary import (
+    argnums_tuple,
+    as_cotangent,
+    as_primal,
+    like_dtype,
+    lower,
+    lower_leaf,
+    zeros_like,
+)
 
 
 def vjp(f: Callable, *primals: Any, has_aux: bool = False) -> tuple:
     """Return ``(f(*primals), vjp_fn)`` with ``vjp_fn(v) = vᵀ ∂f/∂primals``.
 
-    ``vjp_fn`` takes a cotangent shaped like the output (a pytree like it) and
-    returns a tuple with one cotangent per primal, each a pytree like that primal.
+    ``vjp_fn`` takes a cotangent shaped like the output (a pytree like it; cast to the
+    output's dtype) and returns a tuple with one cotangent per primal, each a pytree like
+    that primal, every leaf in that leaf's dtype (a float32 input gets a float32
+    cotangent even where ``f`` computes in float64 inside).
     With ``has_aux=True``, ``f`` returns ``(out, aux)`` and vjp returns
     ``(out, vjp_fn, aux)``.
     """
@@ -73,7 +84,7 @@ def vjp(f: Callable, *primals: Any, has_aux: bool = False) -> tuple:
             for t in tl:
                 g = got[k]
                 k += 1
-                gs.append(zeros_like(t._value) if g is None else g)
+                gs.append(zeros_like(t._value) if g is None else like_dtype(g, t._value))
             result.append(tree_unflatten(treedef, gs))
         return tuple(result)
 
@@ -87,7 +98,8 @@ def value_and_grad(f: Callable, argnums: Any = 0, has_aux: bool = False) -> Call
     """Return a function computing ``(f(*args), ∇f(*args))`` by one reverse sweep.
 
     ``f`` must return a scalar (shape ``()``). ``argnums`` an int gives one
-    gradient, a tuple a tuple of them; each is a pytree like its argument.
+    gradient, a tuple a tuple of them; each is a pytree like its argument, every leaf in
+    that leaf's dtype.
     """
 
     def value_and_grad_f(*args: Any, **kwargs: Any) -> Any:
@@ -121,8 +133,10 @@ def value_and_grad(f: Callable, argnums: Any = 0, has_aux: bool = False) -> Call
 def grad(f: Callable, argnums: Any = 0, has_aux: bool = False) -> Callable:
     """Return ∇f: the gradient of a scalar function with respect to ``args[argnums]``.
 
-    With ``has_aux=True``, ``f`` returns ``(out, aux)`` and ``grad(f)`` returns
-    ``(gradient, aux)``, as in JAX.
+    Each gradient has the dtype of the argument it is taken with respect to (JAX's and
+    PyTorch's rule): float32 parameters get a float32 gradient even where ``f`` promotes
+    to float64 inside. With ``has_aux=True``, ``f`` returns ``(out, aux)`` and
+    ``grad(f)`` returns ``(gradient, aux)``, as in JAX.
     """
     vg = value_and_grad(f, argnums, has_aux)
 
@@ -137,6 +151,8 @@ def grad(f: Callable, argnums: Any = 0, has_aux: bool = False) -> Callable:
 
 def jacobian(f: Callable, argnums: int = 0) -> Callable:
     """Return x ↦ ∂f/∂x as one array of shape ``out.shape + in.shape`` (one VJP per row).
+
+    Its dtype is x's (each row is a cotangent of x).
 
     For small inputs (tests): it runs ``out.size`` reverse sweeps.
     """
@@ -157,7 +173,7 @@ def jacobian(f: Callable, argnums: int = 0) -> Callable:
         eye = B.xp.eye(size, dtype=np.dtype(out.dtype))  # the basis, built on the backend
         rows = [vjp_fn(eye[i].reshape(oshape))[0] for i in range(size)]
         if not rows:
-            return B.zeros(oshape + xshape, np.dtype(out.dtype))
+            return B.zeros(oshape + xshape, np.dtype(getattr(x, "dtype", out.dtype)))
         return ops.reshape(ops.stack(rows, axis=0), oshape + xshape)
 
     return jac
@@ -184,6 +200,8 @@ def backward(trace: GradTrace, seeds: list[tuple[int, Any]], wanted: list[int]) 
     start = max(i for i, _ in seeds)
     saved_phase = phase.name
     phase.name = "backward"
+    check = config.debug_nans
+    prim = None
     try:
         for i in range(start, -1, -1):
             g = cts[i]
@@ -198,6 +216,8 @@ def backward(trace: GradTrace, seeds: list[tuple[int, Any]], wanted: list[int]) 
             rules = prim.vjps
             if prim.vjp_pre is not None:
                 g = prim.vjp_pre(g, out, *vals, **params)
+                if check:
+                    check_derivative("VJP", prim, None, g, vals)
             for j, p in enumerate(parents):
                 if p < 0:
                     continue
@@ -216,7 +236,15 @@ def backward(trace: GradTrace, seeds: list[tuple[int, Any]], wanted: list[int]) 
                         c = rule(g, out, *vals, **params)
                     except TypeError as e:
                         raise rule_error(prim, "VJP", j, rule, e, (g, *vals)) from e
+                if check:
+                    check_derivative("VJP", prim, j, c, vals)
                 cts[p] = c if cts[p] is None else add(cts[p], c)
+    except FloatingPointError as e:
+        # debug_nans tripped by a primitive a rule called: say whose rule it was
+        if check and prim is not None and "the VJP of" not in str(e):
+            raise FloatingPointError(
+                f"{e} (inside the VJP of {prim.name}, in the backward sweep)") from e
+        raise
     finally:
         phase.name = saved_phase
     return [kept.get(i) for i in wanted]
