@@ -74,7 +74,10 @@ TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 # ---- 1. the kernel check ---------------------------------------------------------------
 
 # the project's CUDA kernels, by the ``_<name>_into(*inputs, out)`` form of the cupy backend
-POISONED = ("relu", "relu_grad", "sq_err_mean", "sq_err_mean_grad", "sub_scaled")
+POISONED = ("relu", "relu_grad", "sq_err_mean", "sq_err_mean_grad", "sub_scaled", "im2col",
+            "col2im")
+# the convolution kernels' keyword arguments that their ``_<name>_into`` forms take
+CONV_INTO = ("kernel", "stride", "padding")
 
 
 def kernel_names() -> list[str]:
@@ -166,6 +169,7 @@ def kernel_cases(rng: np.random.Generator, dtype: Any,
         ("sq_err_mean_grad", (r(B), r(B, K, 1), r(B, K, 1)), {}),
         ("sub_scaled", (x, y), {"scale": 0.37}),
     ]
+    cases += _conv_cases(r, dtype, large)
     if large:
         cases += [
             ("relu", (r(32, 100, 256),), {}),
@@ -176,6 +180,28 @@ def kernel_cases(rng: np.random.Generator, dtype: Any,
             ("sub_scaled", (r(32, 784, 256), r(32, 784, 256)), {"scale": 0.1}),
         ]
     return cases
+
+
+def _conv_cases(r: Callable, dtype: np.dtype, large: bool) -> list[tuple[str, tuple, dict]]:
+    """im2col and col2im: odd padding after ("same", stride 2), explicit padding wider than
+    the kernel, a 1 x 1 window, and integer images (cupy's unfused slices)."""
+    geometries = [  # (image shape, kernel, stride, padding)
+        ((2, 3, 7, 6, 2), (3, 3), (2, 2), ((1, 1), (0, 1))),
+        ((2, 2, 5, 4, 3), (3, 2), (1, 2), ((2, 4), (3, 0))),
+        ((3, 4, 4, 1), (1, 1), (2, 3), ((0, 0), (0, 0))),
+    ]
+    if large:  # Conv4's second block on Omniglot: 32 tasks of 5 images, 14 x 14 x 64
+        geometries.append(((32, 5, 14, 14, 64), (3, 3), (2, 2), ((0, 1), (0, 1))))
+    cases = []
+    for shape, kernel, stride, padding in geometries:
+        conv = {"kernel": kernel, "stride": stride, "padding": padding}
+        patches = ref.im2col(np.zeros(shape, dtype), **conv).shape
+        cases += [("im2col", (r(*shape),), conv),
+                  ("col2im", (r(*patches),), {"x_shape": shape, **conv})]
+    ints = np.arange(2 * 5 * 4 * 3).reshape(2, 5, 4, 3) - 50
+    conv = {"kernel": (2, 2), "stride": (1, 1), "padding": ((1, 0), (0, 1))}
+    return cases + [("im2col", (ints,), conv),
+                    ("col2im", (ref.im2col(ints, **conv),), {"x_shape": ints.shape, **conv})]
 
 
 def _upload(backend, a: Any) -> Any:
@@ -220,10 +246,11 @@ def check_kernels(backend, seed: int = 0, dtypes=(np.float64, np.float32),
                          "shape": list(want.shape), "rel_err": err, "tol": tol,
                          "poisoned": False, "ok": ok, "why": why})
             into = getattr(backend, f"_{name}_into", None)
-            if name in POISONED and into is not None:
+            if name in POISONED and into is not None and want.dtype.kind == "f":
                 out = backend.xp.full(want.shape, np.nan, dtype=want.dtype)
                 scalars = [kwargs["scale"]] if name == "sub_scaled" else []
-                into(*[backend.xp.ascontiguousarray(a) for a in dev], *scalars, out)
+                conv = {k: v for k, v in kwargs.items() if k in CONV_INTO}
+                into(*[backend.xp.ascontiguousarray(a) for a in dev], *scalars, out, **conv)
                 err, ok, why = _compare(np.asarray(backend.to_numpy(out)), want, tol)
                 rows.append({"kernel": name, "case": i, "dtype": np.dtype(dtype).name,
                              "shape": list(want.shape), "rel_err": err, "tol": tol,

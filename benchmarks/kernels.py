@@ -5,14 +5,17 @@ Run from a checkout:
     OPENBLAS_NUM_THREADS=1 python benchmarks/kernels.py [--json out.json] [--plot out.png]
 
 For every kernel (linear, linear_relu, relu_grad, sq_err_mean, sq_err_mean_grad,
-sub_scaled) and size, the reference and the numba kernel are timed back to back in one
-process with :func:`tinymeta.bench.compare` (median and IQR over repeated runs, the two
-kernels' runs interleaved so that a slow spell of the shared machine hits both), on the
-shapes of the sinusoid workload (25 tasks, K = 10 points, widths 1 and 40) and on square
-sizes up to 2048². Throughput is GFLOP/s, and the fraction of peak sets it against this
-machine's peak, measured in the same run by a 2048³ BLAS matmul of the same dtype
-(:func:`tinymeta.bench.peak_gflops`), before and after the kernels, the better of the two
-taken (load on a shared machine only ever lowers it).
+sub_scaled, and the convolution's forward, input gradient and filter gradient) and size, the
+reference and the numba kernel are timed back to back in one process with
+:func:`tinymeta.bench.compare` (median and IQR over repeated runs, the two kernels' runs
+interleaved so that a slow spell of the shared machine hits both), on the shapes of the
+sinusoid workload (25 tasks, K = 10 points, widths 1 and 40) and on square sizes up to
+2048² (the convolutions: on Conv4's shapes, below). Throughput is GFLOP/s, and the
+fraction of peak sets it against this machine's peak, measured in the same run by a 2048³
+BLAS matmul of the same dtype (:func:`tinymeta.bench.peak_gflops`), before and after the
+kernels, the better of the two taken (load on a shared machine only ever lowers it). The
+elementwise kernels are bound by memory, not arithmetic: their GB/s (bytes read and written
+once) is the figure to read there.
 
 FLOP counted: linear 2·m·k·n + m·n per product (the bias add), linear_relu one more per
 output (the max); linear_relu_vjp (the backward pass of linear_relu as the engine's rules
@@ -32,6 +35,16 @@ as a fraction of the roof that bounds it, min(P, I·B): for a memory-bound case 
 of the measured bandwidth. ``--roofline PATH`` draws every case on the roofline.
 Figures above 100% of a roof, and timings whose IQR is over 10% of the median, are listed
 as warnings under the table (:func:`tinymeta.bench.guard`).
+
+The convolutions (NHWC, filters (3, 3, C_in, C_out), "same" padding) run as the engine runs
+them, from the backend's kernels: conv_fwd = im2col(x) · W (the patches, then one GEMM);
+conv_dx = col2im(ḡ Wᵀ) (one GEMM, then the scatter-add of the patches' cotangents); conv_dW
+= im2col(x)ᵀ ḡ (the patches, then one GEMM). FLOP: the GEMM's 2·P·K·C_out, P = N·H'·W'
+patches of K = 9·C_in entries, plus P·K adds for col2im. Bytes: the input, the filters and
+the output once (the patch matrix, P·K entries, is written and read on top). Sizes: Conv4's
+first two blocks on Omniglot (28×28×1 → 14×14×64 and 14×14×64 → 7×7×64, stride 2) for
+40, 160 and 640 images, and two larger ones of the miniImageNet net (84×84×3 → 32 and
+42×42×32 → 32 channels, stride 1, 40 images).
 
 OPENBLAS_NUM_THREADS defaults to 1 here (numba's kernels are single-threaded, and BLAS
 threads fighting over shared cores stall); it is set before NumPy is imported.
@@ -57,7 +70,15 @@ from tinymeta import bench, bench_history  # noqa: E402
 from tinymeta.kernels import numpy_backend  # noqa: E402
 
 KERNELS = ("linear", "linear_relu", "linear_relu_vjp", "relu_grad", "sq_err_mean",
-           "sq_err_mean_grad", "sub_scaled")
+           "sq_err_mean_grad", "sub_scaled", "conv_fwd", "conv_dx", "conv_dW")
+CONV_KERNELS = ("conv_fwd", "conv_dx", "conv_dW")
+# (label, (H, W, C_in), C_out, stride, images): Conv4's blocks 1 and 2 on Omniglot, and
+# blocks 1 and 2 of the miniImageNet net (stride 1; its 2 × 2 max-pool comes after)
+CONV_SHAPES = tuple(
+    [(f"o1 28²x1 s2 x{n}", (28, 28, 1), 64, 2, n) for n in (40, 160, 640)]
+    + [(f"o2 14²x64 s2 x{n}", (14, 14, 64), 64, 2, n) for n in (40, 160, 640)]
+    + [("m1 84²x3 s1 x40", (84, 84, 3), 32, 1, 40),
+       ("m2 42²x32 s1 x40", (42, 42, 32), 32, 1, 40)])
 SQUARES = (64, 256, 1024, 2048)
 # (label, x shape, W shape, b shape) of the sinusoid MLP 1-40-40-1 on 25 tasks of 10 points
 SINUSOID_LINEAR = (
@@ -91,6 +112,7 @@ class Case:
     def intensity(self) -> float:
         """Arithmetic intensity: FLOP per byte moved."""
         return self.flops / self.nbytes
+    pair: tuple | None = None  # (reference, numba) of this case, else kernel_pair(kernel)
 
 
 def _linear_cases(name: str, rng, dtype, sizes) -> list[Case]:
@@ -144,6 +166,50 @@ def _vjp_cases(name: str, rng, dtype, sizes) -> list[Case]:
     return cases
 
 
+def conv_kernel(name: str, backend, x_shape: tuple, stride: int) -> Callable:
+    """The conv forward, input gradient or filter gradient from ``backend``'s kernels, as the
+    engine's rules run it, for images of ``x_shape`` and 3 × 3 "same" filters."""
+    from tinymeta.ops.conv import conv_padding
+
+    kernel, strides = (3, 3), (stride, stride)
+    conv = {"kernel": kernel, "stride": strides,
+            "padding": conv_padding(x_shape[-3:-1], kernel, strides, "same")}
+
+    def fwd(x, W):
+        return backend.matmul(backend.im2col(x, **conv), W)
+
+    def dx(g, W):
+        return backend.col2im(backend.matmul_nt(g, W), x_shape, **conv)
+
+    def dW(x, g):
+        cols = backend.im2col(x, **conv)
+        return backend.matmul_tn(cols.reshape(-1, cols.shape[-1]), g.reshape(-1, g.shape[-1]))
+
+    return {"conv_fwd": fwd, "conv_dx": dx, "conv_dW": dW}[name]
+
+
+def _conv_cases(name: str, rng, dtype, sizes) -> list[Case]:
+    from tinymeta.kernels import numba_backend
+
+    cases = []
+    for label, (H, W, c_in), c_out, stride, n in CONV_SHAPES:
+        if sizes is not None and label not in sizes:
+            continue
+        x_shape = (n, H, W, c_in)
+        Ho, Wo = -(-H // stride), -(-W // stride)
+        P, K = n * Ho * Wo, 9 * c_in
+        x = rng.standard_normal(x_shape).astype(dtype)
+        Wm = rng.standard_normal((K, c_out)).astype(dtype)
+        g = rng.standard_normal((n, Ho, Wo, c_out)).astype(dtype)
+        args = {"conv_fwd": (x, Wm), "conv_dx": (g, Wm), "conv_dW": (x, g)}[name]
+        flops = bench.gemm_flops(P, K, c_out) + (P * K if name == "conv_dx" else 0)
+        nbytes = (x.size + Wm.size + g.size) * x.itemsize
+        pair = (conv_kernel(name, numpy_backend, x_shape, stride),
+                conv_kernel(name, numba_backend, x_shape, stride))
+        cases.append(Case(name, label, args, flops, nbytes, pair))
+    return cases
+
+
 def _array_cases(name: str, rng, dtype, sizes) -> list[Case]:
     def arr(shape):
         return rng.standard_normal(shape).astype(dtype)
@@ -169,6 +235,8 @@ def _array_cases(name: str, rng, dtype, sizes) -> list[Case]:
 
 def size_labels(name: str) -> list[str]:
     """The size labels of kernel ``name``, smallest first within each family."""
+    if name in CONV_KERNELS:
+        return [label for label, *_ in CONV_SHAPES]
     shapes = (SINUSOID_VJP if name == "linear_relu_vjp" else SINUSOID_LINEAR
               if name.startswith("linear") else SINUSOID_ARRAYS)
     return [label for label, *_ in shapes] + [f"{n}^2" for n in SQUARES]
@@ -176,7 +244,8 @@ def size_labels(name: str) -> list[str]:
 
 def cases_for(name: str, rng, dtype, sizes=None) -> list[Case]:
     """The benchmark cases of kernel ``name`` (only the labels in ``sizes``, if given)."""
-    build = (_vjp_cases if name == "linear_relu_vjp" else _linear_cases
+    build = (_vjp_cases if name == "linear_relu_vjp" else _conv_cases
+             if name in CONV_KERNELS else _linear_cases
              if name.startswith("linear") else _array_cases)
     return build(name, rng, dtype, sizes)
 
@@ -302,8 +371,8 @@ def run(kernels=KERNELS, dtype=np.float32, repeat: int = 15, min_time: float = 0
     finish = measure_peaks(dtype, peak_n, peak_min_time, quick)
     rows, timings = [], []
     for name in kernels:
-        ref_fn, fast_fn = kernel_pair(name)
         for case in cases_for(name, rng, dtype, sizes):
+            ref_fn, fast_fn = case.pair or kernel_pair(name)
             check_agree(name, ref_fn, fast_fn, case.args)
             ts = bench.compare({"numpy": ref_fn, "numba": fast_fn}, *case.args, repeat=repeat,
                                min_time=min_time, flops=case.flops, bytes=case.nbytes)
@@ -448,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     repeat, min_time, peak_n, peak_min_time = args.repeat, args.min_time, 2048, 0.2
     if args.quick:
         sizes = {label for label, *_ in SINUSOID_LINEAR + SINUSOID_ARRAYS + SINUSOID_VJP}
-        sizes |= {"64^2"}
+        sizes |= {"64^2", CONV_SHAPES[0][0]}
         repeat, min_time, peak_n, peak_min_time = 3, 0.005, 1024, 0.02
     def progress(row):
         print(f"  {row['kernel']} {row['size']}: {row['speedup']:.2f}x", file=sys.stderr)

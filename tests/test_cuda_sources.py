@@ -52,6 +52,7 @@ ARCH = "sm_90"
 KERNELS = {
     "elementwise.cu": ("relu", "relu_grad", "bias_act", "sub_scaled"),
     "sq_err.cu": ("sq_err_mean", "sq_err_mean_grad"),
+    "conv.cu": ("im2col", "col2im"),
 }
 
 _KERNEL_DECL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
@@ -442,6 +443,37 @@ def test_emulated_sq_err_kernels(dtype, B, m, threads):
     mod.get_function(f"tm_sq_err_mean_grad_{s}")(
         (2,), (256,), (g, p, y, out, np.int64(B * m), np.int64(m), dtype(2.0 / m)))
     np.testing.assert_array_equal(out, ref.sq_err_mean_grad(g, p, y))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape, kernel, stride, padding, grid", [
+    ((2, 7, 6, 2), (3, 3), (2, 2), ((1, 1), (0, 1)), 4),  # "same" at stride 2: odd pad after
+    ((1, 5, 4, 3), (3, 2), (1, 2), ((2, 4), (3, 0)), 1),  # wider padding than the kernel
+    ((3, 4, 4, 1), (1, 1), (2, 3), ((0, 0), (0, 0)), 2),
+    ((2, 14, 14, 8), (3, 3), (2, 2), ((0, 1), (0, 1)), 3),
+])
+def test_emulated_conv_kernels(dtype, shape, kernel, stride, padding, grid):
+    """im2col and its gather-form adjoint against the reference, small grids included (the
+    grid-stride loops must cover every entry): im2col exactly, col2im to rounding."""
+    needs_cxx()
+    rng = np.random.default_rng(len(shape) + shape[-1])
+    conv = {"kernel": kernel, "stride": stride, "padding": padding}
+    x = rng.standard_normal(shape).astype(dtype)
+    want = ref.im2col(x, **conv)
+    N, H, W, C = shape
+    Ho, Wo = want.shape[1:3]
+    geometry = tuple(np.int64(v) for v in (H, W, C, Ho, Wo, *kernel, *stride, padding[0][0],
+                                          padding[1][0]))
+    mod = emulated_module("conv.cu")
+    s = SUFFIX[dtype]
+    out = _poisoned(want.shape, dtype)
+    mod.get_function(f"tm_im2col_{s}")((grid,), (256,), (x, out, np.int64(out.size), *geometry))
+    np.testing.assert_array_equal(out, want)
+    cols = rng.standard_normal(want.shape).astype(dtype)
+    out = _poisoned(shape, dtype)
+    mod.get_function(f"tm_col2im_{s}")((grid,), (256,), (cols, out, np.int64(out.size),
+                                                         *geometry))
+    _assert_matches(out, ref.col2im(cols, shape, **conv), dtype, "col2im")
 
 
 def test_the_emulator_refuses_a_wrong_argument_type():

@@ -266,6 +266,66 @@ def masked(draw: Any) -> Any:
     return (sx, sy), {"mask": draw(hnp.arrays(np.bool_, sc))}
 
 
+@st.composite
+def conv_geometries(draw: Any, lead_dims: tuple = (0, 2)) -> Any:
+    """An image shape (…, H, W, C) and im2col's kernel, stride and padding: "same" (odd
+    padding after included), "valid", an int, or explicit pairs, each fitting the image."""
+    lead = tuple(draw(st.lists(st.integers(1, 2), min_size=lead_dims[0],
+                               max_size=lead_dims[1])))
+    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    kind = draw(st.sampled_from(["same", "valid", "int", "pairs"]))
+    pads = [(0, 0), (0, 0)]
+    if kind == "int":
+        p = draw(st.integers(0, 2))
+        pads = [(p, p), (p, p)]
+    elif kind == "pairs":
+        pads = [(draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(2)]
+    hw = tuple(draw(st.integers(1 if kind == "same" else max(1, k - sum(p)), 5))
+               for k, p in zip(kernel, pads))
+    padding = {"same": "same", "valid": "valid", "int": pads[0][0],
+               "pairs": tuple(pads)}[kind]
+    conv = {"kernel": kernel if kernel[0] != kernel[1] or draw(st.booleans()) else kernel[0],
+            "stride": stride, "padding": padding}
+    return lead + hw + (draw(st.integers(1, 2)),), conv
+
+
+def im2cols() -> Any:
+    return conv_geometries().map(lambda g: ((g[0],), g[1]))
+
+
+def col2ims() -> Any:
+    def case(g: tuple) -> tuple:
+        x_shape, conv = g
+        cols = np.shape(tm.im2col(np.zeros(x_shape), **conv))
+        return (cols,), {"x_shape": x_shape, **conv}
+
+    return conv_geometries().map(case)
+
+
+@st.composite
+def conv2ds(draw: Any) -> Any:
+    """x (B, M, H, W, C_in), filters shared or per task, a bias (C_out,) or (B, C_out)."""
+    x_shape, conv = draw(conv_geometries(lead_dims=(2, 2)))
+    k = conv["kernel"] if isinstance(conv["kernel"], tuple) else (conv["kernel"],) * 2
+    c_out = draw(st.integers(1, 2))
+    w_shape = k + (x_shape[-1], c_out)
+    if draw(st.booleans()):
+        w_shape = (x_shape[0],) + w_shape
+    b_shape = (x_shape[0], c_out) if draw(st.booleans()) else (c_out,)
+    return (x_shape, w_shape, b_shape), {"stride": conv["stride"], "padding": conv["padding"]}
+
+
+@st.composite
+def poolings(draw: Any) -> Any:
+    """x (…, H, W, C), a window size and a stride (None: the window), the window fitting."""
+    size = draw(st.integers(1, 3))
+    lead = tuple(draw(st.lists(st.integers(1, 2), max_size=2)))
+    hw = (draw(st.integers(size, 5)), draw(st.integers(size, 5)))
+    stride = draw(st.one_of(st.none(), st.integers(1, 3)))
+    return (lead + hw + (draw(st.integers(1, 2)),),), {"size": size, "stride": stride}
+
+
 # =====================================================================================
 # The table
 # =====================================================================================
@@ -368,6 +428,20 @@ SPECS = [
          prims=("sq_err_mean", "sq_err_mean_grad")),
     Spec("sub_scaled", lambda x, d, scale: tm_ops.sub_scaled(x, d, scale), 2, (REAL, REAL),
          scaled, prims=("sub_scaled",)),
+    # ---- convolution and pooling (NHWC, task axis first) ----
+    Spec("im2col", lambda x, kernel, stride, padding: tm.im2col(x, kernel, stride, padding), 1,
+         (REAL,), im2cols, prims=("im2col", "col2im")),
+    Spec("col2im", lambda c, x_shape, kernel, stride, padding:
+         tm.col2im(c, x_shape, kernel, stride, padding), 1, (REAL,), col2ims,
+         prims=("col2im", "im2col")),
+    Spec("conv2d", lambda x, W, b, stride, padding: tm.nn.conv2d(x, W, b, stride, padding), 3,
+         (REAL, REAL, REAL), conv2ds),
+    Spec("max_pool2d", lambda x, size, stride: tm.nn.max_pool2d(x, size, stride), 1, (untied,),
+         poolings, order=KINKED),
+    Spec("avg_pool2d", lambda x, size, stride: tm.nn.avg_pool2d(x, size, stride), 1, (REAL,),
+         poolings),
+    Spec("global_avg_pool2d", lambda x: tm.nn.global_avg_pool2d(x), 1, (REAL,),
+         lambda: shapes(3, 4).map(lambda s: ((s,), {}))),
 ]
 
 SPEC_IDS = [s.name for s in SPECS]

@@ -138,6 +138,11 @@ def _add_omniglot_train_options(p: argparse.ArgumentParser) -> None:
       help="Omniglot zips or folders, repeatable or comma-separated (default: the two "
       "minimal background splits under ../shared/data/omniglot)")
     a("--ways", type=_positive_int, default=None, help="N classes per task (20)")
+    a("--model", choices=("mlp", "conv4"), default=None,
+      help="mlp: the BN MLP (default); conv4: Finn et al.'s four 3x3 stride-2 conv blocks "
+      "with batch norm (--hidden F: F filters a block, 64)")
+    a("--anil", action="store_true", default=None,
+      help="ANIL: only the last layer adapts in the inner loop (maml, maml-chain, fomaml)")
     a("--val-alphabets", default=None, metavar="NAMES",
       help="alphabets held out to choose the checkpoint, comma-separated (Tagalog)")
     a("--test-alphabets", default=None, metavar="NAMES",

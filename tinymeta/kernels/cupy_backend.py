@@ -5,9 +5,10 @@ closed over, an index array) is uploaded once there, and every result stays on t
 device. Matmuls go to cuBLAS through ``cupy.matmul``, batched over the task axis (a
 stack of inputs against one shared matrix is one GEMM on the stacked rows). The fused
 kernels (the bias and relu epilogue after the GEMM of ``linear`` / ``linear_relu``,
-``relu``, ``relu_grad``, ``sq_err_mean`` and its gradient, ``sub_scaled``) are CUDA
-sources of the project, ``tinymeta/kernels/cuda/*.cu``, compiled by cupy's NVRTC on
-first use, in float32 and float64. Arrays a fused kernel cannot take (other dtypes,
+``relu``, ``relu_grad``, ``sq_err_mean`` and its gradient, ``sub_scaled``, and the
+convolution's ``im2col`` and ``col2im``) are CUDA sources of the project,
+``tinymeta/kernels/cuda/*.cu``, compiled by cupy's NVRTC on first use, in float32 and
+float64. Arrays a fused kernel cannot take (other dtypes,
 mixed dtypes, broadcasts it does not cover) get cupy's unfused expression of the
 reference, so every input the reference takes works here too.
 
@@ -427,4 +428,74 @@ def sub_scaled(x, d, scale):
     x, d = cp.ascontiguousarray(x), cp.ascontiguousarray(d)
     out = cp.empty(x.shape, x.dtype)
     _sub_scaled_into(x, d, scale, out)
+    return out
+
+
+# ---- convolution: patch extraction and its adjoint (cuda/conv.cu) ---------------------------
+# Parameters as the primitives pass them: kernel (kh, kw), stride (sh, sw), padding
+# ((pt, pb), (pl, pr)); images (…, H, W, C), patches (…, H', W', kh·kw·C).
+
+def _patches_shape(x_shape, kernel, stride, padding) -> tuple:
+    (kh, kw), (sh, sw), ((pt, pb), (pl, pr)) = kernel, stride, padding
+    *lead, H, W, C = x_shape
+    return (*lead, (H + pt + pb - kh) // sh + 1, (W + pl + pr - kw) // sw + 1, kh * kw * C)
+
+
+def _conv_launch(kernel_name, src, out, image_shape, patches_shape, kernel, stride,
+                 padding) -> None:
+    (kh, kw), (sh, sw), ((pt, _), (pl, _)) = kernel, stride, padding
+    *_, H, W, C = image_shape
+    Ho, Wo = patches_shape[-3], patches_shape[-2]
+    n = out.size
+    geometry = (H, W, C, Ho, Wo, kh, kw, sh, sw, pt, pl)
+    _function("conv.cu", kernel_name, src.dtype)(
+        _grid(n), (_BLOCK,), (src, out, np.int64(n), *(np.int64(v) for v in geometry)))
+
+
+def _im2col_into(x, out, kernel, stride, padding) -> None:
+    _conv_launch("im2col", x, out, x.shape, out.shape, kernel, stride, padding)
+
+
+def _col2im_into(cols, out, kernel, stride, padding) -> None:
+    _conv_launch("col2im", cols, out, out.shape, cols.shape, kernel, stride, padding)
+
+
+def _taps(kernel, stride, Ho, Wo):
+    """The strided slice of the padded images that each tap (a, b) of the window reads."""
+    (kh, kw), (sh, sw) = kernel, stride
+    return [(a, b, (Ellipsis, slice(a, a + sh * (Ho - 1) + 1, sh),
+                    slice(b, b + sw * (Wo - 1) + 1, sw), slice(None)))
+            for a in range(kh) for b in range(kw)]
+
+
+def im2col(x, kernel, stride, padding):
+    """The patches (…, H', W', kh·kw·C) of the images x (…, H, W, C), zero-padded: one thread
+    per patch entry (cupy's slices of the padded images for other dtypes)."""
+    x = _device(x)
+    shape = _patches_shape(x.shape, kernel, stride, padding)
+    if not _is_float(x) or x.size == 0:
+        (pt, pb), (pl, pr) = padding
+        padded = cp.pad(x, [(0, 0)] * (x.ndim - 3) + [(pt, pb), (pl, pr), (0, 0)])
+        taps = _taps(kernel, stride, shape[-3], shape[-2])
+        return cp.concatenate([padded[index] for _, _, index in taps], axis=-1)
+    out = cp.empty(shape, x.dtype)
+    _im2col_into(cp.ascontiguousarray(x), out, kernel, stride, padding)
+    return out
+
+
+def col2im(cols, x_shape, kernel, stride, padding):
+    """The adjoint of :func:`im2col`: one thread per image entry sums the patch entries that
+    read it (cupy's strided adds for other dtypes)."""
+    cols = _device(cols)
+    if not _is_float(cols) or cols.size == 0:
+        (kh, kw), ((pt, pb), (pl, pr)) = kernel, padding
+        *lead, H, W, C = x_shape
+        Ho, Wo = cols.shape[-3], cols.shape[-2]
+        out = cp.zeros((*lead, H + pt + pb, W + pl + pr, C), dtype=cols.dtype)
+        patches = cols.reshape(*lead, Ho, Wo, kh, kw, C)
+        for a, b, index in _taps(kernel, stride, Ho, Wo):
+            out[index] += patches[..., a, b, :]
+        return cp.ascontiguousarray(out[..., pt:pt + H, pl:pl + W, :])
+    out = cp.empty(tuple(x_shape), cols.dtype)
+    _col2im_into(cp.ascontiguousarray(cols), out, kernel, stride, padding)
     return out

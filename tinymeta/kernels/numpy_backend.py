@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import conv_numpy
+
 xp = np
 name = "numpy"
 ndarray = np.ndarray
@@ -158,6 +160,11 @@ def concatenate(*xs, axis):
 
 def stop_gradient(x):
     return x
+
+
+# ---- convolution: patch extraction and its adjoint (in conv_numpy.py) -------------------
+im2col = conv_numpy.im2col
+col2im = conv_numpy.col2im
 
 
 # ---- linear algebra ------------------------------------------------------------

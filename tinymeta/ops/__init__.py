@@ -3,14 +3,17 @@
 - :mod:`~tinymeta.ops.numpy_ops`: the primitives under NumPy's names (elementwise,
   reductions, shapes, indexing, linear algebra), and ``unbroadcast``;
 - :mod:`~tinymeta.ops.fused`: the fused model primitives ``linear``, ``linear_relu``,
-  ``sq_err_mean`` and ``sub_scaled``, built on the first.
+  ``sq_err_mean`` and ``sub_scaled``, built on the first;
+- :mod:`~tinymeta.ops.conv`: the convolution primitives ``im2col`` and its adjoint
+  ``col2im``, each the other's VJP.
 
-Both tables import the tape below them; this namespace imports the two tables, and
-nothing below imports it.
+The tables import the tape below them; this namespace imports the tables, and nothing
+below imports it.
 """
 
 from __future__ import annotations
 
+from .conv import col2im, im2col
 from .fused import linear, linear_relu, sq_err_mean, sub_scaled
 from .numpy_ops import (
     abs,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import kernels, meta, nn
+from .. import kernels, meta
 from ..tasks.oneshot_runs import load_runs, score_runs, score_runs_with
 from .evaluation import load_model
 from .folder import RunFolder
@@ -111,11 +111,11 @@ def run_predictor(cfg: Any, theta: Any, steps: int | None = None) -> Callable:
         if n != o.ways:
             raise ValueError(f"the run is {n}-way; the model is {o.ways}-way")
         dt = np.dtype(cfg.dtype)
-        sx = B.asarray(train.reshape(1, n, -1).astype(dt))
+        sx = B.asarray(setup.model_input(train[None]).astype(dt))
         sy = B.asarray(np.arange(n, dtype=np.int64)[None])
-        qx = B.asarray(test.reshape(1, test.shape[0], -1).astype(dt))
+        qx = B.asarray(setup.model_input(test[None]).astype(dt))
         params = meta.adapt(setup.loss_fn, theta, sx, sy, cfg.inner_lr, T, mask)
-        return np.argmax(B.to_numpy(nn.bn_mlp(params, qx))[0], axis=-1).astype(np.int64)
+        return np.argmax(B.to_numpy(setup.apply(params, qx))[0], axis=-1).astype(np.int64)
 
     return predict
 

@@ -1,7 +1,11 @@
-"""Few-shot classification on Omniglot as a run: N-way K-shot tasks, Finn et al.'s BN MLP.
+"""Few-shot classification on Omniglot as a run: N-way K-shot tasks, Finn et al.'s networks.
 
-The model is Finn et al.'s fully connected network for Omniglot, 784-256-128-64-64-N with
-ReLU and batch norm after every hidden linear map (:func:`tinymeta.nn.bn_mlp`); the loss of
+The model (``model``) is Finn et al.'s fully connected network for Omniglot, 784-256-128-64-
+64-N with ReLU and batch norm after every hidden linear map (:func:`tinymeta.nn.bn_mlp`,
+``"mlp"``, the default), or their convolutional Conv4 (:func:`tinymeta.nn.conv4`,
+``"conv4"``: four 3 × 3 stride-2 convolutions of 64 filters with batch norm and ReLU, a
+linear head on the 2·2·64 features), which takes the images as (B, M, 28, 28, 1); ``anil``
+adapts only the last layer in the inner loop (ANIL, Raghu et al. 2020). The loss of
 task e is the softmax cross-entropy of its N·K points, L^e = −(1/NK) Σ log softmax(f(x))_y.
 Batch norm uses the statistics of the set it processes, per task: the support set in the
 inner loop, the query set in the outer objective and at test time (transductive, as in
@@ -17,6 +21,7 @@ alphabets, when given, are held out of both and only ``tinymeta eval`` looks at 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,6 +36,10 @@ from .setup import TaskOptions, TaskSetup, summarize, to_backend
 
 #: Algorithms that adapt every parameter in the inner loop (they take no ``adapt=`` mask).
 ADAPT_ALL = ("reptile", "imaml")
+MODELS = ("mlp", "conv4")
+#: Options added after runs were recorded, left out of config.json at their default (so an
+#: MLP run's config.json is what earlier versions wrote, and those runs still resume).
+NEW_OPTIONS = {"model": "mlp", "anil": False}
 BACKGROUND_ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
 RUNS_ZIP = "one_shot_runs_01-10.zip"
 IMAGE_PIXELS = 28 * 28
@@ -78,6 +87,8 @@ class OmniglotOptions(TaskOptions):
 
     data: tuple[str, ...] = ()  # zips or folders; () = the two minimal background splits
     ways: int = 20
+    model: str = "mlp"  # "mlp" (the BN MLP) or "conv4"; conv4's filters: --hidden F (64)
+    anil: bool = False  # only the last layer adapts in the inner loop
     bn: bool = True
     bn_scale: bool = False
     bn_adapt: bool | None = None  # None: held out for maml/fomaml, adapted for reptile/imaml
@@ -91,6 +102,13 @@ class OmniglotOptions(TaskOptions):
     patience: int = 4  # validations without a better one before stopping (0: never stop)
     reptile_query: bool = False  # reptile's learner trains on support ∪ query (train-shots)
     reptile_batch: int | None = None  # reptile: images per inner step (None: all)
+
+    def to_json(self) -> dict:
+        d = super().to_json()
+        for name, default in NEW_OPTIONS.items():
+            if d[name] == default:
+                del d[name]
+        return d
 
     def resolved(self, cfg: Any) -> OmniglotOptions:
         o = dataclasses.replace(self)
@@ -109,6 +127,7 @@ class OmniglotOptions(TaskOptions):
             if value < lo or hi is not None and value > hi:
                 bounds = f">= {lo}" if hi is None else f"in {lo}..{hi}"
                 raise ValueError(f"--{name.replace('_', '-')} must be {bounds}; got {value}")
+        self._validate_model(cfg)
         if cfg.algo in ADAPT_ALL and self.bn and self.bn_adapt is False:
             raise ValueError(f"--algo {cfg.algo} adapts every parameter in the inner loop "
                              "(it takes no adapt= mask): use --bn-adapt, or maml/fomaml")
@@ -125,6 +144,22 @@ class OmniglotOptions(TaskOptions):
         overlap = set(split_names(self.val_alphabets)) & set(split_names(self.test_alphabets))
         if overlap:
             raise ValueError(f"alphabets {sorted(overlap)} are both validation and test")
+
+    def _validate_model(self, cfg: Any) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"--model must be one of {', '.join(MODELS)}; got {self.model!r}")
+        if self.anil and cfg.algo in ADAPT_ALL:
+            raise ValueError(f"--anil needs an adapt= mask; --algo {cfg.algo} adapts every "
+                             "parameter in the inner loop (use maml, maml-chain or fomaml)")
+        if self.model != "conv4":
+            return
+        if not self.bn or self.bn_scale:
+            raise ValueError("--model conv4 has batch norm with a shift and no scale: drop "
+                             "--no-bn and --bn-scale")
+        hidden = tuple(cfg.hidden) if cfg.hidden is not None else OMNIGLOT_HIDDEN
+        if len(hidden) != 1 and hidden != OMNIGLOT_HIDDEN:
+            raise ValueError(f"--model conv4 takes one width, --hidden F (the filters of each "
+                             f"block, default 64); got {','.join(map(str, hidden))}")
 
 
 class OmniglotSetup(TaskSetup):
@@ -145,8 +180,15 @@ class OmniglotSetup(TaskSetup):
         super().__init__(cfg)
         self.train_set: Omniglot | None = None
         self.val_set: Omniglot | None = None
+        self.conv = self.opts.model == "conv4"
+        if self.conv:
+            self.loss_fn = conv4_loss  # (the class's loss_fn is the MLP's)
 
     def init_params(self) -> list:
+        if self.conv:
+            hidden = tuple(self.cfg.hidden)
+            return nn.conv4_init(self.opts.ways, hidden=hidden[0] if len(hidden) == 1 else 64,
+                                 seed=self.cfg.seed, dtype=self.dtype)
         sizes = (IMAGE_PIXELS,) + tuple(self.cfg.hidden) + (self.opts.ways,)
         return nn.bn_mlp_init(sizes, seed=self.cfg.seed, dtype=self.dtype,
                               init=self.cfg.init, bn=self.opts.bn, scale=self.opts.bn_scale)
@@ -156,8 +198,34 @@ class OmniglotSetup(TaskSetup):
         """Per-task softmax cross-entropy of the BN MLP, (B,); BN statistics of x per task."""
         return nn.cross_entropy(nn.bn_mlp(params, x), y)
 
+    def apply(self, params: Any, x: Any) -> Any:
+        """The model's logits (B, M, N) for inputs as :meth:`model_input` shapes them."""
+        return nn.conv4(params, x) if self.conv else nn.bn_mlp(params, x)
+
+    def model_input(self, images: np.ndarray) -> np.ndarray:
+        """Images (B, M, 28, 28) or (B, M, 784) as the model takes them: (B, M, 784) for the
+        MLP, (B, M, 28, 28, 1) for Conv4."""
+        B, M = images.shape[:2]
+        if not self.conv:
+            return images.reshape(B, M, -1)
+        side = images.shape[-1] if images.ndim == 4 else math.isqrt(images.shape[-1])
+        return images.reshape(B, M, side, side, 1)
+
+    def _for_model(self, batch: TaskBatch) -> TaskBatch:
+        if not self.conv:
+            return batch
+        return batch._replace(support_x=self.model_input(batch.support_x),
+                              query_x=self.model_input(batch.query_x))
+
     def adapt_mask(self, params: Any) -> Any:
-        if self.cfg.algo in ADAPT_ALL or self.opts.bn_adapt:
+        if self.cfg.algo in ADAPT_ALL:
+            return None
+        if self.conv:
+            return nn.conv4_adapt_mask(params, head_only=self.opts.anil,
+                                       adapt_bn=bool(self.opts.bn_adapt))
+        if self.opts.anil:  # the output layer's W and b only
+            return [{k: i == len(params) - 1 for k in layer} for i, layer in enumerate(params)]
+        if self.opts.bn_adapt:
             return None
         return nn.bn_adapt_mask(params, adapt_bn=False)
 
@@ -167,9 +235,9 @@ class OmniglotSetup(TaskSetup):
 
     def train_batch(self, rng: np.random.Generator, world: Any) -> TaskBatch:
         c = self.cfg
-        return to_backend(self.train_set.sample(
+        return to_backend(self._for_model(self.train_set.sample(
             c.meta_batch, self.opts.ways, c.shots, c.query, rng=rng,
-            augment=self.opts.augment, tasks=world.task_range(c.meta_batch)))
+            augment=self.opts.augment, tasks=world.task_range(c.meta_batch))))
 
     def validation_batch(self, world: Any) -> tuple[TaskBatch | None, int] | None:
         """This rank's share of the validation tasks (P = 1: all of them), and their count.
@@ -184,12 +252,12 @@ class OmniglotSetup(TaskSetup):
         if hi <= lo:
             return None, o.val_tasks
         vq = c.shots if o.reptile_query else c.query
-        return to_backend(self.val_set.sample(o.val_tasks, o.ways, c.shots, vq,
-                                              seed=o.val_seed, tasks=(lo, hi))), o.val_tasks
+        return to_backend(self._for_model(self.val_set.sample(
+            o.val_tasks, o.ways, c.shots, vq, seed=o.val_seed, tasks=(lo, hi)))), o.val_tasks
 
     def scores(self, params: Any, query_x: Any, query_y: Any) -> np.ndarray:
         to_np = kernels.get_backend().to_numpy
-        pred = np.argmax(to_np(nn.bn_mlp(params, query_x)), axis=-1)
+        pred = np.argmax(to_np(self.apply(params, query_x)), axis=-1)
         return np.mean(pred == to_np(query_y), axis=-1)
 
     def summary(self, scores: np.ndarray) -> dict:
@@ -223,9 +291,15 @@ class OmniglotSetup(TaskSetup):
         if ds.num_classes < o.ways:
             raise ValueError(f"alphabets {list(names)} have {ds.num_classes} classes; the "
                              f"model is {o.ways}-way")
-        batch = to_backend(ds.sample(int(tasks), o.ways, shots, query, seed=eval_seed))
+        batch = to_backend(self._for_model(ds.sample(int(tasks), o.ways, shots, query,
+                                                     seed=eval_seed)))
         return batch, {"ways": o.ways, "alphabets": list(names), "alphabets_role": role,
                        "train_steps": self.cfg.inner_steps, "data": sources}
+
+
+def conv4_loss(params: Any, x: Any, y: Any) -> Any:
+    """Per-task softmax cross-entropy of Conv4, (B,); BN statistics of x per task."""
+    return nn.cross_entropy(nn.conv4(params, x), y)
 
 
 def load_splits(opts: OmniglotOptions) -> tuple:
