@@ -9,7 +9,8 @@ refuses or skips a non-finite one, and takes the outer optimizer's step. Hooks:
   fixed validation tasks are adapted for T steps and scored; a better score is saved as
   ``best.npz``, ``patience`` validations without one stop the run, and the best params
   become ``params.npz``;
-- logging (``train.jsonl`` every ``log_every`` iterations, ``val.jsonl``), checkpoints
+- logging (``train.jsonl`` every ``log_every`` iterations, with iMAML's per-task inner
+  stationarity of the logged iteration; ``val.jsonl``), checkpoints
   every ``checkpoint_every`` iterations and at each validation, so that ``resume``
   continues bit for bit;
 - MPI: every rank draws the random numbers of the whole batch and trains its B/P tasks;
@@ -205,11 +206,15 @@ class Run:
     def log(self, it: int, steps_done: float, log: Any) -> None:
         self.elapsed += steps_done - self.t_last
         self.t_last = steps_done
-        log.write(json.dumps({
+        record = {
             "iteration": it, "query_loss": float(np.mean(self.window)),
             "support_loss": _to_float(ops.mean(self.info["support_loss"])),
             "step_s": float(np.mean(self.step_times)), "skipped": self.skipped,
-            "elapsed_s": round(self.elapsed, 3)}) + "\n")
+            "elapsed_s": round(self.elapsed, 3)}
+        if "stationarity" in self.info:  # iMAML: each task's, at this iteration
+            record["stationarity"] = [float(v) for v in np.asarray(
+                kernels.get_backend().to_numpy(self.info["stationarity"]))]
+        log.write(json.dumps(record) + "\n")
         log.flush()
         self.window, self.step_times = [], []
 
