@@ -307,3 +307,46 @@ def test_imaml_solvers_replay_bitwise_under_compile(kw):
         scales = [s.scale for s in meta.proximal_path(tanh_loss, params, batch.support_x,
                                                       batch.support_y, 1.0, 4, lr=0.5)]
         assert (scales[-1] < 1).any()  # the halving branch was exercised
+
+
+# ---- the truncated loop's own gradient, and where the implicit one meets it ---------------------
+
+
+def test_reverse_mode_through_the_gd_solver_equals_central_differences():
+    """The 'true' meta-gradient of docs/maths.md's figure: reverse mode through T recorded
+    steps of the proximal solver (benchmarks/imaml_stationarity.py)."""
+    tm.set_backend("numpy")
+    rng = np.random.default_rng(8)
+    params = nn.mlp_init((1, 3, 3, 1), seed=8, dtype=np.float64)
+    batch = TaskBatch(*(rng.normal(size=(2, 4, 1)) for _ in range(4)))
+
+    def objective(theta):
+        *_, last = meta.proximal_path(tanh_loss, theta, batch.support_x, batch.support_y, 0.7,
+                                      3, solver="gd", lr=0.2)
+        return tm.mean(tanh_loss(last.phi, batch.query_x, batch.query_y))
+
+    g = flat(tm.grad(objective)(params))
+    v, unravel = tm.ravel_pytree(params)
+    v = np.asarray(v)
+    fd = np.array([(float(objective(unravel(v + 1e-6 * e))) -
+                    float(objective(unravel(v - 1e-6 * e)))) / 2e-6 for e in np.eye(v.size)])
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-9)
+
+
+def test_at_stationarity_the_implicit_gradient_is_the_unrolled_one():
+    tm.set_backend("numpy")
+    rng = np.random.default_rng(9)
+    params = nn.mlp_init((1, 4, 4, 1), seed=9, dtype=np.float64)
+    batch = TaskBatch(*(rng.normal(size=(2, 5, 1)) for _ in range(4)))
+    lam, T, alpha = 10.0, 300, 0.05
+
+    def objective(theta):
+        *_, last = meta.proximal_path(tanh_loss, theta, batch.support_x, batch.support_y, lam,
+                                      T, solver="gd", lr=alpha)
+        return tm.mean(tanh_loss(last.phi, batch.query_x, batch.query_y))
+
+    unrolled = flat(tm.grad(objective)(params))
+    implicit, info = meta.imaml(tanh_loss, params, batch, alpha, T, lam=lam, cg_steps=60,
+                                cg_tol=1e-13, linear_solver="minres")
+    assert (info["stationarity"] < 1e-10).all()
+    np.testing.assert_allclose(flat(implicit), unrolled, rtol=1e-7, atol=1e-10)
