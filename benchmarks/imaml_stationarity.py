@@ -14,7 +14,7 @@ solver "gd"). Two meta-gradients of L_Q(φ_T(θ_0)), per task, in float64:
 The script prints and plots their cosine against the relative stationarity
 ‖∇G(φ_T)‖/‖∇L_S(θ_0)‖ reached. Model: the 1-20-20-1 tanh MLP (481 parameters), sinusoid
 tasks with K = 10 support and 10 query points, θ_0 its initialisation (seed 0), α = 0.02,
-λ in {1, 10}, T in {1, 2, 5, 10, 20, 50, 100, 200, 400}. About a minute on one core.
+λ in {1, 10}, T in {1, 2, 5, 10, 20, 50, 100, 200, 400}. About 10 s on one core.
 """
 
 from __future__ import annotations

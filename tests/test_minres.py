@@ -49,6 +49,14 @@ def test_minres_residuals_never_grow_and_it_is_exact_in_n_steps():
     np.testing.assert_allclose(x, np.linalg.solve(A, b[..., None])[..., 0], atol=1e-9)
 
 
+def test_normal_cg_is_exact_in_n_steps_up_to_rounding():
+    """CG on A² (n distinct eigenvalues) ends in n iterations in exact arithmetic."""
+    A, b = random_indefinite(3, 6, 5)
+    x, info = meta.normal_cg(batched_matvec(A), b, maxiter=6)
+    np.testing.assert_allclose(x, np.linalg.solve(A, b[..., None])[..., 0], atol=1e-8)
+    assert info["matvecs"] == 1 + 2 * info["iterations"]
+
+
 def test_minres_flags_negative_curvature_on_indefinite_systems_only():
     A, b = random_indefinite(3, 5, 3)
     _, info = meta.minres(batched_matvec(A), b, maxiter=5)

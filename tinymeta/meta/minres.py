@@ -137,12 +137,11 @@ def minres(matvec: Callable[[Any], Any], b: Any, x0: Any = None, maxiter: int = 
     - negative curvature: the pivots d_1 = α_1, d_j = α_j − β_j²/d_{j−1} of T_k = L D Lᵀ
       (the ones CG divides by) are all positive iff A is positive definite on the Krylov
       space; a pivot d_j ≤ 0 flags the task (and the search goes on);
-    - breakdown, the task stops at its last iterate: γ_k ≤ τ‖T_k‖ (T_k singular: the
-      step would divide by about zero), or ‖A r_{k−1}‖ ≤ τ‖T_k‖‖r_{k−1}‖ with ‖r_{k−1}‖ >
-      √ε‖b‖ (r_{k−1} lies in A's numerical null space: x_{k−1} is a least-squares
-      solution and b is not in A's range, a singular system with no solution), or a
-      non-finite number; τ is :func:`breakdown_threshold`, ‖A r_{k−1}‖ =
-      |η_k| (γ̄_k² + (c_{k−1} β_{k+1})²)^{1/2} from the rotation of column k;
+    - breakdown, the task stops at its last iterate: γ_k ≤ τ‖T_k‖, τ the
+      :func:`breakdown_threshold` (T_k is singular: the step would divide by about zero;
+      for a singular A and a b outside its range this happens once the Krylov space holds
+      b's part in the null space, and x_{k−1} is then a least-squares solution), or a
+      non-finite number;
     - stopping: ‖r_k‖/‖b‖ ≤ tol, or β_{k+1} ≤ τ‖T_k‖ (Lanczos found an invariant subspace:
       x_k is exact there), or ``maxiter``.
 
@@ -159,10 +158,10 @@ def minres(matvec: Callable[[Any], Any], b: Any, x0: Any = None, maxiter: int = 
 
     References:
         Paige and Saunders 1975, Solution of sparse indefinite systems of linear equations
-        (SIAM J. Numer. Anal.); Choi, Paige and Saunders 2011 (MINRES-QLP) for ‖A r‖.
+        (SIAM J. Numer. Anal.).
     """
     x, r0, _, has_b, safe_b = _start(matvec, b, x0)
-    tau_bd, floor = breakdown_threshold(b), _sqrt_eps(b)
+    tau_bd = breakdown_threshold(b)
     where, sqrt, absolute = ops.where, ops.sqrt, ops.abs
     beta1 = sqrt(task_dot(r0, r0))
     s = _Minres(x=x, v=task_scale(1.0 / _safe(beta1), r0), beta=beta1, eta=beta1)
@@ -178,9 +177,7 @@ def minres(matvec: Callable[[Any], Any], b: Any, x0: Any = None, maxiter: int = 
         col = s.column(matvec, k)
         neg = neg | (active & (col.pivot <= 0))
         singular = col.gamma <= tau_bd * col.tnorm
-        lsq = (col.arnorm <= tau_bd * col.tnorm * absolute(s.eta)) & \
-              (absolute(s.eta) > floor * safe_b)
-        bad = active & (singular | lsq | ~ops.isfinite(col.gamma + col.arnorm))
+        bad = active & (singular | ~ops.isfinite(col.gamma))
         breakdown = breakdown | bad
         step = active & ~bad
         s.advance(col, step)
@@ -197,7 +194,7 @@ class _Column:
     """Column k of T_k after the earlier rotations, and the new rotation's numbers."""
 
     __slots__ = ("alpha", "beta_next", "v_next", "delta", "epsilon", "gamma_bar", "gamma",
-                 "arnorm", "tnorm", "pivot")
+                 "tnorm", "pivot")
 
 
 class _Minres:
@@ -233,8 +230,6 @@ class _Minres:
         d = self.c2 * beta_t
         col.delta = self.c1 * d + self.s1 * col.alpha
         col.gamma_bar = -self.s1 * d + self.c1 * col.alpha
-        col.arnorm = ops.abs(self.eta) * sqrt(
-            col.gamma_bar * col.gamma_bar + (self.c1 * col.beta_next) ** 2)
         col.gamma = sqrt(col.gamma_bar * col.gamma_bar + col.beta_next * col.beta_next)
         return col
 
