@@ -33,7 +33,7 @@ from ..compile import compile as tm_compile
 from ..meta.common import tree_is_finite
 from .algorithms import initial_model, make_optimizer, meta_gradient
 from .config import RunConfig, TrainingError
-from .evaluation import scores_by_step
+from .evaluation import proximal_settings, scores_by_step
 from .folder import RunFolder
 from .registry import TASKS
 
@@ -178,7 +178,8 @@ class Run:
             self.model, self.opt_state = self.opt.update(grads, self.opt_state, self.model)
 
     def validate(self, it: int, vlog: Any) -> None:
-        """Score the validation tasks after T steps; keep the best; decide the early stop.
+        """Score the validation tasks after T steps (iMAML: T iterations of its inner
+        solver, as in training); keep the best; decide the early stop.
 
         Each rank adapts to its share of the tasks and the per-task scores of all ranks
         are gathered exactly, in task order, so that every rank forms the one-process
@@ -187,8 +188,11 @@ class Run:
         t0 = time.perf_counter()
         part, total = self.validation
         cfg, setup, theta = self.cfg, self.setup, self.model["theta"]
+        # iMAML adapts as it trains: T iterations of its inner solver
+        prox = proximal_settings(cfg) if cfg.algo == "imaml" else None
         scores = np.zeros(0, dtype=np.float64) if part is None else scores_by_step(
-            setup, theta, part, cfg.inner_lr, [cfg.inner_steps], self.mask)[cfg.inner_steps]
+            setup, theta, part, cfg.inner_lr, [cfg.inner_steps], self.mask,
+            proximal=prox)[cfg.inner_steps]
         scores = self.world.allgather_tasks(scores, total, f"the validation of iteration {it}")
         score = self.last_score = setup.validation_score(scores)
         vlog.write(json.dumps({"iteration": it, setup.metric: score,
