@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 import tinymeta as tm  # noqa: E402
 import tinymeta.runs.evaluation as evaluate_mod  # noqa: E402
-from tinymeta import io, runs  # noqa: E402
+from tinymeta import distributed, io, runs  # noqa: E402
 from tinymeta.cli import main  # noqa: E402
 from tinymeta.runs import RunConfig, RunFolder, TrainingError, meta_gradient  # noqa: E402
 from tinymeta.runs.omniglot import (  # noqa: E402
@@ -381,3 +381,31 @@ def test_real_splits_hold_out_the_validation_alphabets():
 @needs_data
 def test_default_data_finds_the_two_small_splits():
     assert [Path(p).name for p in default_data()] == [p.name for p in SMALL]
+
+
+def test_imaml_validation_adapts_with_its_inner_solver(data_zip, tmp_path, monkeypatch):
+    """The early stopping of an iMAML run scores θ_0 as it is trained: T iterations of its
+    inner solver on the validation tasks, not T gradient steps."""
+    import tinymeta.runs.loop as loop_mod
+
+    asked = []
+
+    def spy(*args, **kw):
+        asked.append(kw.get("proximal"))
+        return evaluate_mod.scores_by_step(*args, **kw)
+
+    monkeypatch.setattr(loop_mod, "scores_by_step", spy)
+    out = str(tmp_path / "im")
+    cfg = tiny(data_zip, algo="imaml", inner_steps=2, iterations=2, eval_every=2, lam=0.5)
+    runs.train(cfg, out, progress=False)
+    assert asked == [{"solver": "newton-cg", "lam": 0.5, "lr": 0.1, "tol": 1e-3, "cg_steps": 5}]
+    cfg = RunFolder(out).read_config().resolved()
+    setup = OmniglotSetup(cfg)
+    setup.load_training()
+    part, _ = setup.validation_batch(distributed.world())
+    theta = RunFolder(out).load_checkpoint(cfg).model["theta"]
+    phi, _ = tm.meta.proximal_adapt(setup.loss_fn, theta, part.support_x, part.support_y, 0.5,
+                                    2, solver="newton-cg", tol=1e-3, cg_steps=5)
+    want = setup.validation_score(setup.scores(phi, part.query_x, part.query_y))
+    got = RunFolder(out).read_log("val.jsonl")[-1]["accuracy"]
+    assert got == pytest.approx(want, abs=1e-12)

@@ -58,10 +58,12 @@ def runs_dir(tmp_path_factory) -> Path:
     return root
 
 
-def make_model(folder: Path, ways: int = 20, bn_adapt: bool = False, seed: int = 0) -> str:
+def make_model(folder: Path, ways: int = 20, bn_adapt: bool = False, seed: int = 0,
+               **settings) -> str:
     """A run folder by hand: config.json and params.npz of a random BN MLP."""
     cfg = RunConfig.create(task="omniglot", ways=ways, hidden=(16, 8), inner_steps=3,
-                           inner_lr=0.5, bn_adapt=bn_adapt, seed=seed, dtype="float64")
+                           inner_lr=0.5, bn_adapt=bn_adapt, seed=seed, dtype="float64",
+                           **settings)
     folder.mkdir(parents=True)
     write_json(str(folder / "config.json"), cfg.to_json())
     params = OmniglotSetup(cfg.resolved()).init_params()
@@ -262,3 +264,62 @@ def test_eval_runs_refuses_a_sinusoid_model(tmp_path, runs_dir, capsys):
     assert main(["eval-runs", "--runs", str(runs_dir), "--model", out]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a sinusoid model (train with --task omniglot)" in err
+
+
+# ---- iMAML: adapted as trained, beside gradient steps --------------------------------------
+
+
+def proximal_reference(model: str, runs_dir: Path, steps: int, lam: float) -> dict:
+    """Per-run error after ``steps`` Newton-CG iterations on the proximal objective, λ."""
+    cfg, trained = runs.load_model(model)
+    out = {}
+    for run in load_runs(runs_dir):
+        train, test = (a.reshape(1, 20, 784).astype(np.float64)
+                       for a in run.preprocessed(center=True))
+        phi, _ = tm.meta.proximal_adapt(OmniglotSetup.loss_fn, trained["theta"], train,
+                                        np.arange(20)[None], lam, steps, solver="newton-cg",
+                                        tol=1e-3, cg_steps=5)
+        pred = np.argmax(np.asarray(nn.bn_mlp(phi, test))[0], axis=-1)
+        out[run.name] = 100.0 * np.mean(pred != run.answers)
+    return out
+
+
+def test_imaml_model_is_scored_both_ways(tmp_path, runs_dir, capsys):
+    model = make_model(tmp_path / "m", algo="imaml", lam=0.5, bn_adapt=True,
+                       inner_solver="newton-cg", inner_tol=1e-3)
+    result = runs.eval_runs(str(runs_dir), model, steps=2)
+    assert result["model"] == pytest.approx(reference_errors(model, runs_dir, steps=2))
+    assert result["model_proximal"] == pytest.approx(
+        proximal_reference(model, runs_dir, 2, 0.5))
+    assert result["proximal"]["lam"] == 0.5 and result["adaptation"] == "gradient"
+    zero = runs.eval_runs(str(runs_dir), model, steps=2, proximal_lam=0.0)
+    assert zero["model_proximal"] == pytest.approx(proximal_reference(model, runs_dir, 2, 0.0))
+    assert main(["eval-runs", "--runs", str(runs_dir), "--model", model, "--steps", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(re.match(r"^run\d\d error \d+\.\d%  \(proximal \d+\.\d%\)  \(mhd \d+\.\d%\)$",
+                        line) for line in lines[:2]), lines
+    with pytest.raises(ValueError, match="give --proximal-lam with --steps T"):
+        runs.eval_runs(str(runs_dir), model, steps="val", proximal_lam=1.0)
+
+
+def test_steps_val_chooses_among_both_adaptations(tmp_path, runs_dir, capsys):
+    model = make_model(tmp_path / "m", algo="imaml", lam=0.5, bn_adapt=True,
+                       inner_solver="newton-cg", inner_tol=1e-3)
+    prox = {"solver": "newton-cg", "lam": 0.25, "lr": 0.5, "tol": 1e-3, "cg_steps": 5}
+    write_val_report(model, {1: 60.0, 2: 70.0}, adaptation="gradient+proximal", proximal=prox,
+                     accuracy_proximal={"1": {"mean": 75.0, "ci95": 1.0},
+                                        "2": {"mean": 74.0, "ci95": 1.0}})
+    t, kind, _, _ = runs.validation_choice(model)
+    assert (t, kind) == (1, "proximal")
+    result = runs.eval_runs(str(runs_dir), model, steps="val")
+    assert result["steps"] == 1 and result["adaptation"] == "proximal"
+    assert result["steps_chosen_on"]["accuracy"] == 75.0
+    assert "model_proximal" not in result  # the choice alone is scored
+    # with the report's λ (0.25), not the run's (0.5)
+    assert result["model"] == pytest.approx(proximal_reference(model, runs_dir, 1, 0.25))
+    assert main(["eval-runs", "--runs", str(runs_dir), "--model", model, "--steps", "val"]) == 0
+    assert "1 iterations of the proximal solver, chosen among" in capsys.readouterr().err
+    write_val_report(model, {1: 60.0, 2: 75.0}, adaptation="gradient+proximal", proximal=prox,
+                     accuracy_proximal={"1": {"mean": 70.0, "ci95": 1.0},
+                                        "2": {"mean": 75.0, "ci95": 1.0}})
+    assert runs.validation_choice(model)[:2] == (2, "gradient")  # a tie: gradient steps

@@ -228,19 +228,20 @@ def test_imaml_info_keys_and_adapt_end_of_path():
     tm.set_backend("numpy")
     params, batch = make_problem()
     _, info = meta.imaml(tanh_loss, params, batch, 0.1, 2, lam=1.0, cg_steps=3)
-    assert list(info) == ["support_loss", "query_loss", "loss", "cg_residuals",
-                          "neg_curvature", "breakdown", "cg_iterations"]
+    assert list(info) == ["support_loss", "query_loss", "loss", "stationarity",
+                          "inner_neg_curvature", "inner_breakdown", "cg_residuals",
+                          "neg_curvature", "breakdown", "cg_iterations", "hvps"]
     adapted = meta.adapt(tanh_loss, params, batch.support_x, batch.support_y, 0.3, 3, MASK)
     path = list(meta.adapt_path(tanh_loss, params, batch.support_x, batch.support_y, 0.3, 3,
                                 MASK))
     assert_trees_equal(adapted, path[-1])
 
 
-# ---- the layout: algorithms share only common.py and cg.py --------------------------------
+# ---- the layout: algorithms share only common.py and the solvers ----------------------------
 
 
 def test_algorithm_files_import_no_private_name_and_no_other_algorithm():
-    shared = {"common", "cg"}
+    shared = {"common", "cg", "minres", "proximal"}  # the shared parts and the solvers
     for path in sorted(pathlib.Path(meta.__file__).parent.glob("*.py")):
         if path.name == "__init__.py":
             continue

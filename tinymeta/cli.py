@@ -77,15 +77,16 @@ def _widths(text: str) -> tuple:
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="meta-train a model", description=(
         "Meta-train on a task family. Defaults that depend on the algorithm: inner steps "
-        "5 for reptile and imaml, else 1; reptile uses SGD with outer lr 0.1 annealed "
-        "linearly to 0, the others Adam at 0.001."))
+        "5 for reptile, else 1 (imaml: see its options); reptile uses SGD with outer lr 0.1 "
+        "annealed linearly to 0, the others Adam at 0.001."))
     a = p.add_argument
     a("--task", choices=sorted(runs.TASKS), default=None,
       help="task family (sinusoid; omniglot: see the options below)")
     a("--algo", choices=runs.ALGOS, default=None, help="algorithm (default maml)")
     a("--shots", type=_positive_int, default=None, help="K support points per task (10)")
     a("--query", type=_positive_int, default=None, help="query points per task (default K)")
-    a("--inner-steps", type=_nonneg_int, default=None, help="T inner gradient steps")
+    a("--inner-steps", type=_nonneg_int, default=None,
+      help="T inner gradient steps (imaml: the inner solver's iterations)")
     a("--inner-lr", type=_positive_float, default=None, help="α (0.01)")
     a("--outer-lr", type=_positive_float, default=None, help="β (Adam 0.001; reptile 0.1)")
     a("--optimizer", choices=("adam", "sgd"), default=None, help="outer optimizer")
@@ -99,12 +100,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     a("--init", choices=("fan_in", "finn"), default=None, help="initialisation (fan_in)")
     a("--dtype", choices=("float32", "float64"), default=None, help="float dtype (float32)")
     a("--backend", choices=("numpy", "numba", "cupy"), default=None, help="array backend")
-    a("--lam", type=_positive_float, default=None, help="iMAML λ (1.0)")
-    a("--cg-steps", type=_positive_int, default=None, help="iMAML CG iterations (5)")
-    a("--cg-tol", type=_nonneg_float, default=None, help="iMAML CG relative tolerance (0)")
-    a("--damping", type=_nonneg_float, default=None, help="iMAML damping (0)")
-    a("--on-negative-curvature", choices=("continue", "stop"), default=None,
-      help="iMAML CG on pᵀAp <= 0: go on as plain CG (default) or stop that task")
+    _add_imaml_train_options(p)
     a("--checkpoint-every", type=_positive_int, default=None, help="iterations (1000)")
     a("--log-every", type=_positive_int, default=None, help="iterations per log line (100)")
     a("--skip-nonfinite", action="store_true", default=None,
@@ -126,6 +122,35 @@ def add_train(sub: argparse._SubParsersAction) -> None:
       help="compare the ranks' parameter hashes every N iterations (100)")
     _add_omniglot_train_options(p)
     p.set_defaults(func=cmd_train)
+
+
+def _add_imaml_train_options(p: argparse.ArgumentParser) -> None:
+    """Options of --algo imaml; defaults in tinymeta.runs.config.IMAML_DEFAULTS."""
+    d = runs.IMAML_DEFAULTS
+    g = p.add_argument_group("imaml", "the proximal inner problem min L_S(φ) + (λ/2)‖φ − θ_0‖², "
+                             "solved by --inner-solver for at most --inner-steps iterations, "
+                             "then (I + H/λ) x = ∇L_Q by --linear-solver")
+    a = g.add_argument
+    a("--lam", type=_positive_float, default=None, help=f"λ ({d['lam']:g})")
+    a("--inner-solver", choices=("gd", "newton-cg"), default=None,
+      help="gd: --inner-steps gradient steps at --inner-lr on the proximal objective; "
+      "newton-cg: --inner-steps Newton iterations of --newton-cg-steps CG iterations each, "
+      f"with a backtracking line search ({d['inner_solver']}; inner steps: "
+      + ", ".join(f"{k} {v}" for k, v in runs.IMAML_STEPS.items()) + ")")
+    a("--inner-tol", type=_nonneg_float, default=None,
+      help="stop a task's inner solver at relative stationarity ‖∇L_S(φ) + λ(φ − θ_0)‖ / "
+      f"‖∇L_S(θ_0)‖ <= this ({d['inner_tol']:g}; 0: every iteration)")
+    a("--newton-cg-steps", type=_positive_int, default=None,
+      help=f"CG iterations per Newton step ({d['newton_cg_steps']})")
+    a("--linear-solver", choices=("cg", "normal-cg", "minres"), default=None,
+      help=f"the implicit solve's method ({d['linear_solver']})")
+    a("--cg-steps", type=_positive_int, default=None,
+      help=f"the implicit solve's iterations ({d['cg_steps']})")
+    a("--cg-tol", type=_nonneg_float, default=None,
+      help="the implicit solve's relative tolerance (0)")
+    a("--damping", type=_nonneg_float, default=None, help="added to the system's diagonal (0)")
+    a("--on-negative-curvature", choices=("continue", "stop"), default=None,
+      help="--linear-solver cg on pᵀAp <= 0: go on as plain CG (default) or stop that task")
 
 
 def _add_omniglot_train_options(p: argparse.ArgumentParser) -> None:
@@ -258,6 +283,9 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
       help="query points per test task (100; omniglot: per class, default the training Q)")
     a("--shots", type=_positive_int, default=None, help="support points (default: training K)")
     a("--inner-lr", type=_positive_float, default=None, help="α (default: training α)")
+    a("--proximal-lam", type=_nonneg_float, default=None, metavar="λ",
+      help="imaml runs, which are also adapted by their inner solver on L_S(φ) + "
+      "(λ/2)‖φ − θ_0‖² (--steps t: t solver iterations): λ (default the run's; 0 allowed)")
     a("--backend", choices=("numpy", "numba", "cupy"), default=None, help="array backend")
     a("--data", action="append", default=None, metavar="DIR_OR_ZIPS",
       help="omniglot: the data to draw test tasks from (default: the run's)")
@@ -275,7 +303,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                  if getattr(args, k) is not None}
     report = runs.evaluate(args.dir, tasks=args.tasks, steps=steps, eval_seed=args.eval_seed,
                            shots=args.shots, query=args.query, inner_lr=args.inner_lr,
-                           notify=lambda line: print(line, file=sys.stderr), **task_args)
+                           notify=lambda line: print(line, file=sys.stderr),
+                           proximal_lam=args.proximal_lam, **task_args)
     print(runs.format_report(report))
     return 0
 
@@ -302,6 +331,9 @@ def add_eval_runs(sub: argparse._SubParsersAction) -> None:
       "model's kept report of its validation protocol (ties to fewer steps)")
     a("--min-val-tasks", type=_positive_int, default=600, metavar="N",
       help="--steps val: the least validation tasks a report must hold (600)")
+    a("--proximal-lam", type=_nonneg_float, default=None, metavar="λ",
+      help="imaml models, also scored after T iterations of their inner solver on L_S(φ) + "
+      "(λ/2)‖φ − θ_0‖²: λ (default the run's; 0 allowed; not with --steps val)")
     a("--backend", choices=("numpy", "numba", "cupy"), default=None, help="array backend")
     p.set_defaults(func=cmd_eval_runs)
 
@@ -325,10 +357,12 @@ def cmd_eval_runs(args: argparse.Namespace) -> int:
     if args.backend is not None:
         kernels.set_backend(args.backend)
     result = runs.eval_runs(official, model=args.model, steps=args.steps,
-                            min_val_tasks=args.min_val_tasks)
+                            min_val_tasks=args.min_val_tasks, proximal_lam=args.proximal_lam)
     chosen = result.get("steps_chosen_on")
     if chosen is not None:  # stderr: stdout is the runs' lines and the mean
-        print(f"eval-runs: {result['steps']} adaptation steps, chosen among "
+        what = "adaptation steps" if chosen["adaptation"] == "gradient" else \
+            "iterations of the proximal solver"
+        print(f"eval-runs: {result['steps']} {what}, chosen among "
               f"{','.join(map(str, chosen['candidates']))} on {chosen['tasks']} validation "
               f"tasks of {', '.join(chosen['alphabets'])} ({chosen['accuracy']:.2f}%), "
               f"from {chosen['file']}", file=sys.stderr)

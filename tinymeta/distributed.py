@@ -20,7 +20,8 @@ float64 and rounded once to float32, whereas one process sums in float32).
 
 The same buffer carries, at no extra call:
 
-- the per-task losses ``info["support_loss"]`` and ``info["query_loss"]``: rank r writes its
+- the per-task losses ``info["support_loss"]`` and ``info["query_loss"]`` (and iMAML's
+  ``info["stationarity"]``): rank r writes its
   b values at offset r·b of a zero block of length B, so the sum *is* the gather (x + 0 is
   exact), and every rank logs the losses of all B tasks, as one process would;
 - ``info["loss"]`` (the rank's meta-objective), averaged like the gradient;
@@ -90,7 +91,7 @@ _LAUNCHER_ENV = (
     ("PMIX_RANK", None),  # PMIx (Open MPI 5, Slurm --mpi=pmix)
     ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE"),  # MVAPICH2
 )
-_PER_TASK_KEYS = ("support_loss", "query_loss")
+_PER_TASK_KEYS = ("support_loss", "query_loss", "stationarity")
 _MEAN_KEYS = ("loss",)
 
 

@@ -12,7 +12,9 @@ from .common import adapt_path, broadcast_tasks, inner_step
 from .imaml import imaml
 from .maml import fomaml, maml
 from .metasgd import metasgd
+from .minres import minres, normal_cg
 from .pretrain import pretrain
+from .proximal import proximal_adapt, proximal_path
 from .reptile import reptile
 
 __all__ = [
@@ -25,7 +27,11 @@ __all__ = [
     "inner_step",
     "maml",
     "metasgd",
+    "minres",
+    "normal_cg",
     "pretrain",
+    "proximal_adapt",
+    "proximal_path",
     "reptile",
     "task_dot",
 ]

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .. import kernels, ops
+from ..tensor import Tensor
 from ..transforms import grad
 from ..tree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 
@@ -50,6 +51,41 @@ def check_mask(adapt: Any, params: Any) -> Any:
             f"({len(leaves)} leaves); got {adapt!r}"
         )
     return adapt
+
+
+# ---- per-task vector arithmetic (the solvers': cg, minres, proximal) -----------------------
+
+
+def task_scale(s: Any, x: Any) -> Any:
+    """s_e x_e leafwise: per-task scalars s of shape (B,) times a task-batched pytree."""
+
+    def one(xi: Any) -> Any:
+        si = ops.reshape(s, (-1,) + (1,) * (ops.ndim(xi) - 1))
+        return ops.astype(si, xi.dtype) * xi
+
+    return tree_map(one, x)
+
+
+def task_axpy(s: Any, x: Any, y: Any) -> Any:
+    """y_e + s_e x_e leafwise, per-task scalars s of shape (B,)."""
+    return tree_map(lambda sx, yi: yi + sx, task_scale(s, x), y)
+
+
+def task_select(mask: Any, a: Any, b: Any) -> Any:
+    """a_e where mask_e else b_e leafwise, a per-task mask of shape (B,)."""
+
+    def one(ai: Any, bi: Any) -> Any:
+        return ops.where(ops.reshape(mask, (-1,) + (1,) * (ops.ndim(ai) - 1)), ai, bi)
+
+    return tree_map(one, a, b)
+
+
+def all_done(active: Any) -> bool:
+    """No task is active: a solver's early exit. Always False while a tape records
+    (``make_tape``, ``tm.compile``): a recorded program's length must not depend on values,
+    so it runs every iteration, in which the finished tasks change nothing."""
+    recording = type(active) is Tensor and active._captured()
+    return not recording and not bool(ops.stop_gradient(active).any())
 
 
 # ---- the objectives ----------------------------------------------------------------------

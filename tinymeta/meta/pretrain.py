@@ -21,7 +21,9 @@ def pretrain(loss_fn: LossFn, params: Any, batch: Any) -> tuple:
         batch: a TaskBatch (task axis first); support and query points are pooled.
 
     Returns:
-        (gradient like params, info): "support_loss" and "query_loss" at θ, (B,), "loss".
+        (gradient like params, info): "support_loss" and "query_loss" at θ, (B,), "loss"
+        the mean of the query losses (as for every algorithm), "joint_loss" the objective
+        (1/B) Σ_e L_{S∪Q}^e(θ) differentiated.
 
     References:
         Finn, Abbeel and Levine 2017, section 5.1.
@@ -37,4 +39,5 @@ def pretrain(loss_fn: LossFn, params: Any, batch: Any) -> tuple:
     theta = broadcast_tasks(params, B)
     support = loss_fn(theta, batch.support_x, batch.support_y)
     query = loss_fn(theta, batch.query_x, batch.query_y)
-    return g, {"support_loss": support, "query_loss": query, "loss": loss}
+    return g, {"support_loss": support, "query_loss": query, "loss": ops.mean(query),
+               "joint_loss": loss}

@@ -28,19 +28,29 @@ with ``runs.register_task(MySetup)``; ``RunConfig(task=MySetup.name, ...)`` then
 from __future__ import annotations
 
 from .algorithms import initial_model, make_optimizer, meta_gradient
-from .config import ALGOS, DIVERGENCE_FACTOR, RESUMABLE, RunConfig, TrainingError, merge_resume
+from .config import (
+    ALGOS,
+    DIVERGENCE_FACTOR,
+    IMAML_DEFAULTS,
+    IMAML_STEPS,
+    RESUMABLE,
+    RunConfig,
+    TrainingError,
+    merge_resume,
+)
 from .evaluation import evaluate, format_report, load_model, parse_steps
 from .figures import make_figures
 from .folder import RunFolder
 from .loop import train
-from .official import eval_runs, format_runs, validation_steps
+from .official import eval_runs, format_runs, validation_choice, validation_steps
 from .registry import TASKS, register_task
 from .setup import TaskOptions, TaskSetup
 
 __all__ = [
-    "ALGOS", "DIVERGENCE_FACTOR", "RESUMABLE", "TASKS", "RunConfig", "RunFolder",
-    "TaskOptions", "TaskSetup",
+    "ALGOS", "DIVERGENCE_FACTOR", "IMAML_DEFAULTS", "IMAML_STEPS", "RESUMABLE", "TASKS",
+    "RunConfig", "RunFolder", "TaskOptions", "TaskSetup",
     "TrainingError", "eval_runs", "evaluate", "format_report", "format_runs",
     "initial_model", "load_model", "make_figures", "make_optimizer", "merge_resume",
-    "meta_gradient", "parse_steps", "register_task", "train", "validation_steps",
+    "meta_gradient", "parse_steps", "register_task", "train", "validation_choice",
+    "validation_steps",
 ]

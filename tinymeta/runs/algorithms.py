@@ -38,7 +38,10 @@ def meta_gradient(cfg: RunConfig, setup: Any, mask: Any, model: dict, batch: Any
     elif cfg.algo == "imaml":
         g, info = meta.imaml(f, theta, batch, a, T, lam=cfg.lam, cg_steps=cfg.cg_steps,
                              cg_tol=cfg.cg_tol, damping=cfg.damping,
-                             on_negative_curvature=cfg.on_negative_curvature)
+                             on_negative_curvature=cfg.on_negative_curvature,
+                             inner_solver=cfg.inner_solver, inner_tol=cfg.inner_tol,
+                             newton_cg_steps=cfg.newton_cg_steps,
+                             linear_solver=cfg.linear_solver)
     elif cfg.algo == "metasgd":
         (g, g_lrs), info = meta.metasgd(f, theta, model["lrs"], batch, T)
         return {"theta": g, "lrs": g_lrs}, info

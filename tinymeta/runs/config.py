@@ -17,6 +17,13 @@ Every setting has a declared type (the dataclass annotations: ``int``, ``float``
 config.json written by hand or damaged is refused with the setting named, never run. A
 setting added later (``divergence_guard``) is absent from older config.json files, which
 load with its default.
+
+iMAML's settings: λ, the implicit solve (``linear_solver``, ``cg_steps``, ``cg_tol``,
+``damping``) and the inner solver of the proximal problem (``inner_solver``, ``inner_steps``
+its iterations, ``inner_tol``, ``newton_cg_steps``) default to :data:`IMAML_DEFAULTS` for
+``algo="imaml"``. The inner solver's settings came after runs were written: they are stored
+only where they apply (iMAML runs), and an iMAML config.json without them is read with
+:data:`IMAML_LEGACY`, what the code that wrote it did.
 """
 
 from __future__ import annotations
@@ -31,6 +38,17 @@ from typing import Any
 from .registry import TASKS
 
 ALGOS = ("maml", "maml-chain", "fomaml", "reptile", "imaml", "metasgd", "pretrain")
+
+#: iMAML's defaults of the settings left None, chosen by measurement (3,000-iteration
+#: sinusoid runs, docs/results.md); the inner steps depend on the solver (IMAML_STEPS).
+IMAML_DEFAULTS: dict[str, Any] = {
+    "inner_solver": "newton-cg", "inner_tol": 1e-3, "newton_cg_steps": 5, "lam": 1.0,
+    "cg_steps": 5, "linear_solver": "minres"}
+IMAML_STEPS = {"newton-cg": 3, "gd": 16}
+
+#: The inner solver's settings an iMAML config.json written before they existed implies.
+IMAML_LEGACY: dict[str, Any] = {
+    "inner_solver": "gd", "inner_tol": 0.0, "newton_cg_steps": 5, "linear_solver": "cg"}
 
 #: Settings a resumed run may change; every other one must match the run's config.json.
 RESUMABLE = frozenset({"iterations", "checkpoint_every", "log_every", "skip_nonfinite",
@@ -75,9 +93,13 @@ class RunConfig:
     init: str = "fan_in"
     dtype: str = "float32"
     backend: str | None = None
-    lam: float = 1.0  # iMAML's λ
-    cg_steps: int = 5
+    lam: float | None = None  # iMAML's λ; None: IMAML_DEFAULTS (1.0 for the others)
+    cg_steps: int | None = None  # the implicit solve's iterations
     cg_tol: float = 0.0
+    linear_solver: str | None = None  # "cg" | "normal-cg" | "minres"; iMAML only
+    inner_solver: str | None = None  # "gd" | "newton-cg": the proximal problem; iMAML only
+    inner_tol: float | None = None  # the inner solver's relative stationarity; iMAML only
+    newton_cg_steps: int | None = None  # CG iterations per Newton step; iMAML only
     damping: float = 0.0
     on_negative_curvature: str = "continue"
     checkpoint_every: int | None = None
@@ -97,12 +119,19 @@ class RunConfig:
         Raises:
             ValueError: a setting that neither the run nor the task knows.
         """
-        return cls.from_json(settings, source="the settings")
+        return cls.from_json(settings, source="the settings", stored=False)
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any], source: str = "config.json") -> RunConfig:
-        """The inverse of :meth:`to_json`: flat settings, the task's options among them."""
+    def from_json(cls, d: Mapping[str, Any], source: str = "config.json",
+                  stored: bool = True) -> RunConfig:
+        """The inverse of :meth:`to_json`: flat settings, the task's options among them.
+
+        ``stored``: ``d`` is a run's config.json, so an iMAML setting it lacks is the one
+        of :data:`IMAML_LEGACY` (the run predates it), not today's default.
+        """
         setup = task_setup(d.get("task", "sinusoid"), source)
+        if stored and d.get("algo") == "imaml":
+            d = {**IMAML_LEGACY, **d}
         shared = {f.name for f in dataclasses.fields(cls)} - {"options"}
         own = {f.name for f in dataclasses.fields(setup.options)}
         unknown = set(d) - shared - own
@@ -119,7 +148,8 @@ class RunConfig:
     def to_json(self) -> dict:
         """One flat dict: the shared settings and the task's options (tuples as lists)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-             if f.name != "options"}
+             if f.name != "options" and not (f.name in IMAML_LEGACY and
+                                             getattr(self, f.name) is None)}
         if d["hidden"] is not None:
             d["hidden"] = list(d["hidden"])
         d.update(self.task_options().to_json())
@@ -141,8 +171,16 @@ class RunConfig:
             if getattr(c, name) is None:
                 setattr(c, name, value)
         reptile = c.algo == "reptile"
+        if c.algo == "imaml":
+            for name, value in IMAML_DEFAULTS.items():
+                if getattr(c, name) is None:
+                    setattr(c, name, value)
+            if c.inner_steps is None:
+                c.inner_steps = IMAML_STEPS.get(c.inner_solver, 5)
+        c.lam = 1.0 if c.lam is None else c.lam
+        c.cg_steps = 5 if c.cg_steps is None else c.cg_steps
         if c.inner_steps is None:
-            c.inner_steps = 5 if c.algo in ("reptile", "imaml") else 1
+            c.inner_steps = 5 if c.algo == "reptile" else 1
         if c.query is None:
             c.query = c.shots
         if c.optimizer is None:
@@ -185,7 +223,19 @@ class RunConfig:
         if points > MAX_BATCH_POINTS:
             raise ValueError(f"--meta-batch × (--shots + --query) = {points} data points a "
                              f"batch, more than {MAX_BATCH_POINTS}")
+        self._validate_imaml()
         self.task_options().validate(self)
+
+    def _validate_imaml(self) -> None:
+        given = [k for k in IMAML_LEGACY if getattr(self, k) is not None]
+        if self.algo != "imaml" and given:
+            raise ValueError(f"--{given[0].replace('_', '-')} applies to --algo imaml only")
+        _one_of("inner_solver", self.inner_solver, (None, "gd", "newton-cg"))
+        _one_of("linear_solver", self.linear_solver, (None, "cg", "normal-cg", "minres"))
+        _at_least("newton_cg_steps", self.newton_cg_steps, 1)
+        _at_least("inner_tol", self.inner_tol, 0)
+        if self.on_negative_curvature == "stop" and self.linear_solver not in (None, "cg"):
+            raise ValueError("--on-negative-curvature stop applies to --linear-solver cg only")
 
 
 def _at_least(name: str, value: Any, bound: float) -> None:

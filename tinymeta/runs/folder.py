@@ -444,6 +444,8 @@ def protocol(report: dict) -> dict:
     """
     p = {k: report.get(k) for k in PROTOCOL}
     p["adaptation"] = p["adaptation"] or "gradient"
+    if report.get("proximal") is not None:  # iMAML's inner solver, its λ among its settings
+        p["proximal"] = report["proximal"]
     metric = next((k for k in ("accuracy", "mse") if isinstance(report.get(k), dict)), None)
     p["steps"] = sorted(int(t) for t in report[metric]) if metric else None
     return p

@@ -9,7 +9,8 @@ refuses or skips a non-finite one, and takes the outer optimizer's step. Hooks:
   fixed validation tasks are adapted for T steps and scored; a better score is saved as
   ``best.npz``, ``patience`` validations without one stop the run, and the best params
   become ``params.npz``;
-- logging (``train.jsonl`` every ``log_every`` iterations, ``val.jsonl``), checkpoints
+- logging (``train.jsonl`` every ``log_every`` iterations, with iMAML's per-task inner
+  stationarity of the logged iteration; ``val.jsonl``), checkpoints
   every ``checkpoint_every`` iterations and at each validation, so that ``resume``
   continues bit for bit, logs and early stop included (the checkpoint keeps the losses of
   the log line in progress; the early stop is decided again from val.jsonl);
@@ -37,7 +38,7 @@ from ..compile import compile as tm_compile
 from ..meta.common import tree_is_finite
 from .algorithms import initial_model, make_optimizer, meta_gradient
 from .config import RunConfig, TrainingError
-from .evaluation import scores_by_step
+from .evaluation import proximal_settings, scores_by_step
 from .folder import Checkpoint, RunFolder
 from .registry import TASKS
 
@@ -255,7 +256,8 @@ class Run:
             self.model, self.opt_state = self.opt.update(grads, self.opt_state, self.model)
 
     def validate(self, it: int, vlog: Any) -> None:
-        """Score the validation tasks after T steps; keep the best; decide the early stop.
+        """Score the validation tasks after T steps (iMAML: T iterations of its inner
+        solver, as in training); keep the best; decide the early stop.
 
         Each rank adapts to its share of the tasks and the per-task scores of all ranks
         are gathered exactly, in task order, so that every rank forms the one-process
@@ -264,8 +266,11 @@ class Run:
         t0 = time.perf_counter()
         part, total = self.validation
         cfg, setup, theta = self.cfg, self.setup, self.model["theta"]
+        # iMAML adapts as it trains: T iterations of its inner solver
+        prox = proximal_settings(cfg) if cfg.algo == "imaml" else None
         scores = np.zeros(0, dtype=np.float64) if part is None else scores_by_step(
-            setup, theta, part, cfg.inner_lr, [cfg.inner_steps], self.mask)[cfg.inner_steps]
+            setup, theta, part, cfg.inner_lr, [cfg.inner_steps], self.mask,
+            proximal=prox)[cfg.inner_steps]
         scores = self.world.allgather_tasks(scores, total, f"the validation of iteration {it}")
         score = self.last_score = setup.validation_score(scores)
         vlog.write(json.dumps({"iteration": it, setup.metric: score,
@@ -283,11 +288,15 @@ class Run:
     def log(self, it: int, steps_done: float, log: Any) -> None:
         self.elapsed += steps_done - self.t_last
         self.t_last = steps_done
-        log.write(json.dumps({
+        record = {
             "iteration": it, "query_loss": float(np.mean(self.window)),
             "support_loss": _to_float(ops.mean(self.info["support_loss"])),
             "step_s": float(np.mean(self.step_times)), "skipped": self.skipped,
-            "elapsed_s": round(self.elapsed, 3)}) + "\n")
+            "elapsed_s": round(self.elapsed, 3)}
+        if "stationarity" in self.info:  # iMAML: each task's, at this iteration
+            record["stationarity"] = [float(v) for v in np.asarray(
+                kernels.get_backend().to_numpy(self.info["stationarity"]))]
+        log.write(json.dumps(record) + "\n")
         log.flush()
         self.window, self.step_times = [], []
 

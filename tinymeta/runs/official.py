@@ -10,6 +10,7 @@ Hausdorff distance baseline is scored beside it. The runs are never used for any
 
 from __future__ import annotations
 
+import collections
 import os
 from collections.abc import Callable
 from typing import Any
@@ -18,13 +19,19 @@ import numpy as np
 
 from .. import kernels, meta
 from ..tasks.oneshot_runs import load_runs, score_runs, score_runs_with
-from .evaluation import load_model
+from .evaluation import load_model, proximal_params, proximal_settings
 from .folder import RunFolder
 from .omniglot import OmniglotSetup
 
 
 def validation_steps(out: str, min_tasks: int = 600) -> tuple[int, dict, str]:
-    """The test-time step count that validation chooses: argmax_t acc_val(t), ties to fewer.
+    """The step count of :func:`validation_choice`: (t, the report, its path)."""
+    t, _, report, path = validation_choice(out, min_tasks)
+    return t, report, path
+
+
+def validation_choice(out: str, min_tasks: int = 600) -> tuple[int, str, dict, str]:
+    """The test-time adaptation that validation chooses: argmax_t acc_val(t), ties to fewer.
 
     acc_val(t) is the mean query accuracy after t adaptation steps in a kept report of the
     run (``evals/*.json`` or ``eval.json``) of the validation protocol: the run's validation
@@ -33,9 +40,12 @@ def validation_steps(out: str, min_tasks: int = 600) -> tuple[int, dict, str]:
     gradient steps), at least ``min_tasks`` tasks (a quick probe does not count), and the
     params that :func:`~tinymeta.runs.evaluation.load_model` reads now (their SHA-256 is in
     the report). Of several, the one with the most tasks (then the newest file) is used.
+    An iMAML report holds two adaptations, gradient steps and the proximal solver's
+    iterations: the best (t, adaptation) over both is chosen (ties: fewer steps, then
+    gradient steps).
 
     Returns:
-        (t, the report, its path).
+        (t, "gradient" or "proximal", the report, its path).
 
     Raises:
         ValueError: no report fits; the message says why each was refused and gives the
@@ -68,8 +78,11 @@ def validation_steps(out: str, min_tasks: int = 600) -> tuple[int, dict, str]:
         raise ValueError(f"--steps val: no report of the validation protocol: "
                          f"{'; '.join(refused)}; {again}")
     _, _, path, report = max(fits, key=lambda f: f[:2])
-    acc = {int(t): float(r["mean"]) for t, r in report["accuracy"].items()}
-    return max(acc, key=lambda t: (acc[t], -t)), report, path
+    candidates = [(float(r["mean"]), -int(t), kind == "gradient", int(t), kind)
+                  for kind, key in (("gradient", "accuracy"), ("proximal", "accuracy_proximal"))
+                  for t, r in (report.get(key) or {}).items()]
+    *_, t, kind = max(candidates)
+    return t, kind, report, path
 
 
 def _refusal(folder: RunFolder, path: str, want: dict, min_tasks: int) -> tuple:
@@ -81,7 +94,8 @@ def _refusal(folder: RunFolder, path: str, want: dict, min_tasks: int) -> tuple:
         tasks = int(report["tasks"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         return f"cannot read {path} ({type(e).__name__}: {e})", None
-    if setting != want or not acc or report.get("adaptation", "gradient") != "gradient":
+    if setting != want or not acc or report.get("adaptation", "gradient") not in (
+            "gradient", "gradient+proximal"):
         return (f"{path} evaluates {setting}, not the runs' setting on the validation "
                 f"alphabets {want}"), report
     if "params_sha256" not in report:
@@ -94,11 +108,14 @@ def _refusal(folder: RunFolder, path: str, want: dict, min_tasks: int) -> tuple:
     return None, report
 
 
-def run_predictor(cfg: Any, theta: Any, steps: int | None = None) -> Callable:
+def run_predictor(cfg: Any, theta: Any, steps: int | None = None,
+                  proximal: dict | None = None) -> Callable:
     """``predict(train, test) -> (n_test,)`` class indices for :func:`score_runs_with`.
 
-    The model adapts for T steps (default the training T) on the training images and
-    classifies the test items in one pass. Ties go to the lowest class index.
+    The model adapts for T steps (default the training T) on the training images, gradient
+    steps or, given ``proximal`` (:func:`~tinymeta.runs.evaluation.proximal_settings`), T
+    iterations of iMAML's proximal solver, and classifies the test items in one pass. Ties
+    go to the lowest class index.
     """
     T = cfg.inner_steps if steps is None else int(steps)
     o = cfg.task_options()
@@ -114,70 +131,98 @@ def run_predictor(cfg: Any, theta: Any, steps: int | None = None) -> Callable:
         sx = B.asarray(setup.model_input(train[None]).astype(dt))
         sy = B.asarray(np.arange(n, dtype=np.int64)[None])
         qx = B.asarray(setup.model_input(test[None]).astype(dt))
-        params = meta.adapt(setup.loss_fn, theta, sx, sy, cfg.inner_lr, T, mask)
+        if proximal is None:
+            params = meta.adapt(setup.loss_fn, theta, sx, sy, cfg.inner_lr, T, mask)
+        else:
+            path = proximal_params(setup.loss_fn, theta, sx, sy, T, proximal)
+            params = collections.deque(path, maxlen=1)[0]
         return np.argmax(B.to_numpy(setup.apply(params, qx))[0], axis=-1).astype(np.int64)
 
     return predict
 
 
 def eval_runs(runs: str, model: str | None = None, baseline: bool = True,
-              steps: int | str | None = None, min_val_tasks: int = 600) -> dict:
+              steps: int | str | None = None, min_val_tasks: int = 600,
+              proximal_lam: float | None = None) -> dict:
     """Score a model and/or the MHD baseline on Lake et al.'s 20-way one-shot runs.
 
     ``steps``: the adaptation steps (default the training T), or ``"val"`` for the count
-    :func:`validation_steps` chooses from the model's kept report of the validation
-    protocol (of at least ``min_val_tasks`` tasks).
+    (and, for iMAML, the adaptation) :func:`validation_choice` chooses from the model's kept
+    report of the validation protocol (of at least ``min_val_tasks`` tasks). An iMAML
+    model with a given T is scored twice: T gradient steps ("model") and T iterations of
+    its inner solver ("model_proximal", λ = ``proximal_lam``, default the run's).
 
     Returns:
         {"model": {run: error %} or None, "mhd": {run: error %} or None, "steps": T,
-        and with ``"val"``: "steps_chosen_on": the validation accuracy of that T}.
+        "adaptation": "gradient" or "proximal" (how "model" adapted), for iMAML with a
+        given T "model_proximal" and "proximal" (the solver's settings), and with ``"val"``:
+        "steps_chosen_on": the validation accuracy of that choice}.
     """
     if steps == "val" and model is None:
         raise ValueError("eval_runs: steps='val' (--steps val) needs a model (--model RUNDIR)")
+    if steps == "val" and proximal_lam is not None:
+        raise ValueError("eval_runs: --steps val adapts as its validation report did; give "
+                         "--proximal-lam with --steps T")
+    if isinstance(steps, str) and steps != "val":
+        raise ValueError(f"eval_runs: steps must be an int or 'val', not {steps!r}")
     parsed = load_runs(runs)
     result: dict = {"model": None, "mhd": None, "steps": None}
     if model is not None:
-        cfg, trained = load_model(model)
-        if cfg.task != "omniglot":
-            raise ValueError(f"the one-shot runs are Omniglot's; the model in {model} is a "
-                             f"{cfg.task} model (train with --task omniglot)")
-        if cfg.task_options().ways != 20:
-            raise ValueError(f"the one-shot runs are 20-way; the model in {model} is "
-                             f"{cfg.task_options().ways}-way (train with --ways 20)")
-        if steps == "val":
-            # before the (slow) runs are scored
-            steps, report, path = validation_steps(model, min_val_tasks)
-            result["steps_chosen_on"] = {
-                "file": path,
-                "alphabets": report["alphabets"], "tasks": report.get("tasks"),
-                "eval_seed": report.get("eval_seed"),
-                "accuracy": report["accuracy"][str(steps)]["mean"],
-                "candidates": sorted(int(t) for t in report["accuracy"])}
-        elif isinstance(steps, str):
-            raise ValueError(f"eval_runs: steps must be an int or 'val', not {steps!r}")
-        predict = run_predictor(cfg, trained["theta"], steps)
-        scores = score_runs_with(predict, parsed, preprocessed=True,
-                                 center=cfg.task_options().center)
-        result["model"] = scores.errors
-        result["steps"] = cfg.inner_steps if steps is None else int(steps)
-        result["algo"] = cfg.algo
+        _score_model(result, parsed, model, steps, min_val_tasks, proximal_lam)
     if baseline or model is None:
         result["mhd"] = score_runs(parsed).errors
     return result
 
 
-def format_runs(result: dict) -> str:
-    """``run01 error 25.0%  (mhd 45.0%)`` per run, then ``mean error …``.
+def _score_model(result: dict, parsed: Any, model: str, steps: int | str | None,
+                 min_val_tasks: int, proximal_lam: float | None) -> None:
+    """The model's part of :func:`eval_runs`, filled into ``result``."""
+    cfg, trained = load_model(model)
+    if cfg.task != "omniglot":
+        raise ValueError(f"the one-shot runs are Omniglot's; the model in {model} is a "
+                         f"{cfg.task} model (train with --task omniglot)")
+    if cfg.task_options().ways != 20:
+        raise ValueError(f"the one-shot runs are 20-way; the model in {model} is "
+                         f"{cfg.task_options().ways}-way (train with --ways 20)")
+    if proximal_lam is not None and cfg.algo != "imaml":
+        raise ValueError(f"--proximal-lam applies to imaml models; {model} is {cfg.algo}")
+    kind, proximal = "gradient", None
+    if steps == "val":  # before the (slow) runs are scored
+        steps, kind, report, path = validation_choice(model, min_val_tasks)
+        key = "accuracy" if kind == "gradient" else "accuracy_proximal"
+        proximal = report["proximal"] if kind == "proximal" else None
+        result["steps_chosen_on"] = {
+            "file": path, "alphabets": report["alphabets"], "tasks": report.get("tasks"),
+            "eval_seed": report.get("eval_seed"), "adaptation": kind,
+            "accuracy": report[key][str(steps)]["mean"],
+            "candidates": sorted(int(t) for t in report["accuracy"])}
+    center = cfg.task_options().center
+    predict = run_predictor(cfg, trained["theta"], steps, proximal)
+    result["model"] = score_runs_with(predict, parsed, preprocessed=True, center=center).errors
+    if cfg.algo == "imaml" and "steps_chosen_on" not in result:
+        result["proximal"] = proximal_settings(cfg, lam=proximal_lam)
+        predict = run_predictor(cfg, trained["theta"], steps, result["proximal"])
+        result["model_proximal"] = score_runs_with(predict, parsed, preprocessed=True,
+                                                   center=center).errors
+    result["steps"] = cfg.inner_steps if steps is None else int(steps)
+    result["algo"], result["adaptation"] = cfg.algo, kind
 
-    The first number of each line is the model's (the baseline's alone without a model).
+
+def format_runs(result: dict) -> str:
+    """``run01 error 25.0%  (proximal 22.0%)  (mhd 45.0%)`` per run, then ``mean error …``.
+
+    The first number of each line is the model's (the baseline's alone without a model);
+    "proximal" is an iMAML model adapted by its inner solver.
     """
     main = result["model"] if result["model"] is not None else result["mhd"]
-    side = result["mhd"] if result["model"] is not None else None
+    sides = [(name, result.get(key)) for name, key in (("proximal", "model_proximal"),
+                                                        ("mhd", "mhd"))
+             if result["model"] is not None and result.get(key) is not None]
     lines = []
-    for name, err in main.items():
-        extra = f"  (mhd {side[name]:.1f}%)" if side is not None else ""
-        lines.append(f"{name} error {err:.1f}%{extra}")
+    for run, err in main.items():
+        extra = "".join(f"  ({name} {side[run]:.1f}%)" for name, side in sides)
+        lines.append(f"{run} error {err:.1f}%{extra}")
     mean = sum(main.values()) / len(main)
-    extra = f"  (mhd {sum(side.values()) / len(side):.1f}%)" if side is not None else ""
+    extra = "".join(f"  ({name} {sum(side.values()) / len(side):.1f}%)" for name, side in sides)
     lines.append(f"mean error {mean:.1f}%{extra}")
     return "\n".join(lines)
