@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from .. import kernels, ops
-from ..tensor import Tensor
 from ..tree import tree_leaves, tree_map
+from .common import all_done, task_axpy, task_select
 
 # Written in tinymeta ops (not raw array calls), so that cg runs under make_tape and
 # tm.compile too: its per-task branches are masks (ops.where), not Python ifs.
@@ -21,29 +21,6 @@ def task_dot(a: Any, b: Any) -> Any:
     for x, y in zip(tree_leaves(a), tree_leaves(b)):
         total = total + ops.sum(ops.reshape(x * y, (ops.shape(x)[0], -1)), axis=1)
     return total
-
-
-def _axpy(s: Any, x: Any, y: Any) -> Any:
-    """y + s_e x_e leafwise, with per-task scalars s of shape (B,)."""
-
-    def one(xi: Any, yi: Any) -> Any:
-        si = ops.reshape(s, (-1,) + (1,) * (ops.ndim(xi) - 1))
-        return yi + ops.astype(si, xi.dtype) * xi
-
-    return tree_map(one, x, y)
-
-
-def _select(mask: Any, a: Any, b: Any) -> Any:
-    """a_e where mask_e else b_e, leafwise, for per-task booleans of shape (B,)."""
-
-    def one(ai: Any, bi: Any) -> Any:
-        return ops.where(ops.reshape(mask, (-1,) + (1,) * (ops.ndim(ai) - 1)), ai, bi)
-
-    return tree_map(one, a, b)
-
-
-def _captured(x: Any) -> bool:
-    return type(x) is Tensor and x._captured()
 
 
 def cg(matvec: Callable[[Any], Any], b: Any, x0: Any = None, maxiter: int = 10,
@@ -126,7 +103,7 @@ def cg(matvec: Callable[[Any], Any], b: Any, x0: Any = None, maxiter: int = 10,
     for k in range(int(maxiter)):
         # all tasks done: stop early (not while recording a tape, whose length must not
         # depend on values; the remaining iterations then change no task)
-        if not _captured(active) and not bool(ops.stop_gradient(active).any()):
+        if all_done(active):
             break
         iterations += 1
         Ap = matvec(p)
@@ -139,20 +116,20 @@ def cg(matvec: Callable[[Any], Any], b: Any, x0: Any = None, maxiter: int = 10,
         if stop_mode:
             stop_now = active & (curved | tiny)
             if k == 0:
-                x = _axpy(active & curved, p, x)
+                x = task_axpy(active & curved, p, x)
             step = active & ~curved & ~tiny
         else:
             step = active & ~tiny
             stop_now = active & tiny
         alpha = where(step, rr / where(pAp != 0, pAp, 1.0), 0.0)
-        x_new = _axpy(alpha, p, x)
-        r_new = _axpy(-alpha, Ap, r)
+        x_new = task_axpy(alpha, p, x)
+        r_new = task_axpy(-alpha, Ap, r)
         rr_new = task_dot(r_new, r_new)
         grew = step & ~(rr_new <= rr_limit)  # (a NaN fails the comparison: grew)
         good = step & ~grew
-        x, r = _select(grew, x, x_new), _select(grew, r, r_new)
+        x, r = task_select(grew, x, x_new), task_select(grew, r, r_new)
         beta = where(good, rr_new / where(rr > 0, rr, 1.0), 0.0)
-        p = _axpy(beta, p, r)
+        p = task_axpy(beta, p, r)
         rr = where(good, rr_new, rr)
         rel = where(has_b, sqrt(rr) / safe_b, 0.0)
         residuals.append(rel)
