@@ -9,3 +9,22 @@ name, and pytest does not load it again; in a bare checkout this line loads it.
 """
 
 pytest_plugins = ("tinymeta.pytest_plugin",)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_zip(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The synthetic Omniglot zip of tests/synthetic_omniglot.py, written once a session."""
+    pytest.importorskip("PIL", reason='Pillow is needed to write PNGs: pip install -e ".[data]"')
+    from synthetic_omniglot import write_zip
+
+    return str(write_zip(tmp_path_factory.mktemp("omniglot") / "images_background.zip"))
+
+
+@pytest.fixture
+def omniglot_cache(tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decoded-Omniglot cache in the session's temporary folder, not ~/.cache."""
+    monkeypatch.setenv("TINYMETA_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

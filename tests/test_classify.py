@@ -7,14 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("PIL", reason='Pillow is needed to decode PNGs: pip install -e ".[data]"')
-from PIL import Image, ImageDraw  # noqa: E402
 
 import tinymeta as tm  # noqa: E402
 import tinymeta.runs.evaluation as evaluate_mod  # noqa: E402
@@ -35,50 +33,7 @@ SMALL = [DATA / "images_background_small1.zip", DATA / "images_background_small2
 needs_data = pytest.mark.skipif(not all(p.exists() for p in SMALL),
                                 reason=f"real Omniglot files not found under {DATA}")
 
-ALPHABETS = {"Alpha": 3, "Beta": 2, "Gamma": 2}  # characters per alphabet
-N_DRAWERS = 20
-
-
-def draw(character: int, drawer: int) -> Image.Image:
-    """A 105x105 one-bit drawing: the character's strokes, jittered by the drawer."""
-    shape = np.random.default_rng(character).integers(20, 85, size=(3, 4))
-    jitter = np.random.default_rng(1000 * character + drawer).integers(-4, 5, size=(3, 4))
-    im = Image.new("1", (105, 105), 1)
-    d = ImageDraw.Draw(im)
-    for line in shape + jitter:
-        d.line([tuple(line[:2]), tuple(line[2:])], fill=0, width=4)
-    return im
-
-
-def write_zip(path: Path) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        c = 0
-        for alpha, n in ALPHABETS.items():
-            for k in range(1, n + 1):
-                for d in range(1, N_DRAWERS + 1):
-                    buf = _png_bytes(draw(c, d))
-                    zf.writestr(f"images_background/{alpha}/character{k:02d}/{c:04d}_{d:02d}.png",
-                                buf)
-                c += 1
-    return path
-
-
-def _png_bytes(im: Image.Image) -> bytes:
-    import io as _io
-
-    b = _io.BytesIO()
-    im.save(b, format="PNG")
-    return b.getvalue()
-
-
-@pytest.fixture(scope="module")
-def data_zip(tmp_path_factory) -> str:
-    return str(write_zip(tmp_path_factory.mktemp("omniglot") / "images_background.zip"))
-
-
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("TINYMETA_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+pytestmark = pytest.mark.usefixtures("omniglot_cache")
 
 
 def tiny(data_zip: str, **kw) -> RunConfig:

@@ -30,7 +30,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from test_classify import write_zip  # also skips this module without Pillow
+
+pytest.importorskip("PIL", reason='Pillow is needed to decode PNGs: pip install -e ".[data]"')
+from synthetic_omniglot import write_zip  # noqa: E402
 from test_mpi import CLI, TIMEOUT_S, _env, _mpi_cmd, _wait_for_checkpoint, needs_mpi, run_mpi
 
 from tinymeta import distributed, io

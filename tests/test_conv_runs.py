@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 pytest.importorskip("PIL", reason='Pillow is needed to decode PNGs: pip install -e ".[data]"')
-from test_classify import write_zip  # noqa: E402
 
 import tinymeta as tm  # noqa: E402
 from tinymeta import io, meta, runs  # noqa: E402
@@ -22,15 +21,7 @@ from tinymeta.runs.official import run_predictor  # noqa: E402
 from tinymeta.runs.omniglot import OmniglotSetup, load_splits  # noqa: E402
 from tinymeta.runs.setup import to_backend  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def data_zip(tmp_path_factory) -> str:
-    return str(write_zip(tmp_path_factory.mktemp("omniglot") / "images_background.zip"))
-
-
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("TINYMETA_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+pytestmark = pytest.mark.usefixtures("omniglot_cache")
 
 
 def tiny(data_zip: str, **kw) -> RunConfig:

@@ -15,18 +15,13 @@ import pytest
 
 pytest.importorskip("PIL", reason='Pillow is needed to decode PNGs: pip install -e ".[data]"')
 
-from test_classify import tiny, write_zip  # noqa: E402  (the synthetic Omniglot set)
+from test_classify import tiny  # noqa: E402  (a config on the synthetic Omniglot set)
 
 from tinymeta import cli, runs  # noqa: E402
 from tinymeta.version import __version__  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--meta-batch", "5", "--shots", "5", "--hidden", "16,16", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def data_zip(tmp_path_factory) -> str:
-    return str(write_zip(tmp_path_factory.mktemp("omniglot") / "images_background.zip"))
 
 
 @pytest.fixture(autouse=True)

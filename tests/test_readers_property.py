@@ -189,7 +189,7 @@ def test_an_array_of_another_shape_or_dtype(run, name, data):
 
 @pytest.fixture(scope="module")
 def data_zip(tmp_path_factory) -> bytes:
-    from test_classify import write_zip
+    from synthetic_omniglot import write_zip
 
     return write_zip(tmp_path_factory.mktemp("omniglot") / "images_background.zip").read_bytes()
 

@@ -20,6 +20,8 @@ from tinymeta.runs import RunConfig, RunFolder
 
 SMALL = ["--meta-batch", "5", "--shots", "5", "--hidden", "16,16", "--no-progress"]
 
+pytestmark = pytest.mark.usefixtures("omniglot_cache")
+
 
 @pytest.fixture(autouse=True)
 def numpy_backend():
@@ -437,16 +439,6 @@ def test_kill_and_resume_of_an_omniglot_run_with_early_stopping_is_bit_for_bit(
     assert same_run(full, cut)
 
 
-@pytest.fixture(scope="module")
-def data_zip(tmp_path_factory) -> str:
-    from test_classify import write_zip
-
-    return str(write_zip(tmp_path_factory.mktemp("omniglot") / "images_background.zip"))
-
-
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("TINYMETA_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 @pytest.mark.parametrize("algo", ["maml", "metasgd", "reptile"])
