@@ -2,8 +2,10 @@
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/maml_memory.py --json out.json [--plot m.png]
 
-Methods: second-order MAML ``unrolled`` and ``hvp_chain``, first-order MAML, iMAML (5 CG
-iterations); T in {1, 5, 10, 20, 40}. Two shapes:
+Methods: second-order MAML ``unrolled`` and ``hvp_chain``, first-order MAML, iMAML with T
+steps of gradient descent on the proximal objective and 5 CG iterations (``imaml``, the
+function's default) and with T Newton-CG iterations (5 CG steps each, no early stop) and 5
+MINRES iterations (``imaml_newton``, the CLI's solvers); T in {1, 5, 10, 20, 40}. Two shapes:
 
 - ``omniglot``: the 784-256-128-64-64-5 MLP, meta-batch 4, 5-way 5-shot sets (25 support
   and 25 query points): the parameters dominate;
@@ -63,6 +65,9 @@ def _call(method: str, loss_fn, params, batch, T: int):
         return tm.meta.maml(loss_fn, params, batch, 0.01, T, method="hvp_chain")
     if method == "first_order":
         return tm.meta.maml(loss_fn, params, batch, 0.01, T, order=1)
+    if method == "imaml_newton":
+        return tm.meta.imaml(loss_fn, params, batch, 0.01, T, 1.0, 5, inner_solver="newton-cg",
+                             newton_cg_steps=5, inner_tol=0.0, linear_solver="minres")
     return tm.meta.imaml(loss_fn, params, batch, 0.01, T, 1.0, 5)
 
 
@@ -107,9 +112,10 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--plot", default=None)
     ap.add_argument("--quick", action="store_true", help="T in {1, 5} only")
     ap.add_argument("--shapes", default="omniglot,sinusoid")
+    ap.add_argument("--methods", default="unrolled,hvp_chain,first_order,imaml,imaml_newton")
     args = ap.parse_args(argv)
     depths = (1, 5) if args.quick else DEPTHS
-    methods = ("unrolled", "hvp_chain", "first_order", "imaml")
+    methods = tuple(args.methods.split(","))
     rows = []
     for shape in args.shapes.split(","):
         rows += measure(shape, methods, depths)
