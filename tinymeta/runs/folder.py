@@ -12,7 +12,7 @@ A run lives in one folder:
 
 Every file is written atomically (a temporary file, fsync, rename: a crash never leaves half
 a file) and arrays are npz without pickle (:mod:`tinymeta.io`). A kill during a write can
-leave the temporary file (``.NAME-XXXXXXXX.tmp``): a run that starts or resumes removes
+leave the temporary file (``.NAME-<random>.tmp``): a run that starts or resumes removes
 those of its training files (:meth:`RunFolder.remove_stray_temporaries`).
 
 Every file is checked when it is read (:mod:`tinymeta.runs.schema`): JSON files against a
@@ -244,7 +244,7 @@ class RunFolder:
 
     def remove_stray_temporaries(self) -> list[str]:
         """Remove the temporary files that a kill during an atomic write of a training file
-        left behind (``.NAME-XXXXXXXX.tmp``, NAME one of :data:`TRAINING_FILES`); return
+        left behind (``.NAME-<random>.tmp``, NAME one of :data:`TRAINING_FILES`); return
         their paths. Rank 0 only, when a run starts or resumes: no other writer is running.
         """
         if not os.path.isdir(self.path):
