@@ -28,3 +28,12 @@ def omniglot_cache(tmp_path_factory: pytest.TempPathFactory,
                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The decoded-Omniglot cache in the session's temporary folder, not ~/.cache."""
     monkeypatch.setenv("TINYMETA_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def backend(request: pytest.FixtureRequest):
+    """Each test that asks for it runs once on each backend (``tm.set_backend`` around it)."""
+    import tinymeta as tm
+
+    with tm.set_backend(request.param):
+        yield request.param

@@ -8,12 +8,6 @@ import pytest
 import tinymeta as tm
 
 
-@pytest.fixture(params=["numpy", "numba"])
-def backend(request):
-    with tm.set_backend(request.param):
-        yield request.param
-
-
 def mlp_loss(params, x, y):
     W1, b1, W2, b2 = params
     h = tm.relu(x @ W1 + b1)

@@ -9,14 +9,6 @@ import tinymeta as tm
 from tinymeta import meta, nn
 from tinymeta.tasks.base import TaskBatch
 
-BACKENDS = ["numpy", "numba"]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    with tm.set_backend(request.param):
-        yield request.param
-
 
 def tanh_loss(params, x, y):
     return nn.mse(nn.mlp(params, x, activation=tm.tanh), y)

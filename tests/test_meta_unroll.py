@@ -12,37 +12,19 @@ import pathlib
 
 import numpy as np
 import pytest
+from test_meta import make_problem as shared_problem
+from test_meta import tanh_loss
 
 import tinymeta as tm
-from tinymeta import meta, nn
+from tinymeta import meta
 from tinymeta.meta import common
-from tinymeta.tasks.base import TaskBatch
 
-BACKENDS = ["numpy", "numba"]
 MASK = [False, False, True, True, True, True]
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    with tm.set_backend(request.param):
-        yield request.param
-
-
-def tanh_loss(params, x, y):
-    return nn.mse(nn.mlp(params, x, activation=tm.tanh), y)
-
-
 def make_problem(B=3, K=4, sizes=(1, 5, 4, 1), seed=0):
-    rng = np.random.default_rng(seed)
-    params = nn.mlp_init(sizes, seed=seed, dtype=np.float64)
-    params = [p + 0.3 * rng.normal(size=p.shape) for p in params]
-
-    def f(*s):
-        return rng.normal(size=s)
-
-    batch = TaskBatch(f(B, K, sizes[0]), f(B, K, sizes[-1]), f(B, K, sizes[0]),
-                      f(B, K, sizes[-1]))
-    return params, batch
+    """test_meta's problem, at this file's sizes."""
+    return shared_problem(B, K, sizes, seed)
 
 
 def assert_trees_equal(a, b):

@@ -29,12 +29,6 @@ F32, F64 = np.float32, np.float64
 C64 = np.array([2.0, 3.0])  # a float64 constant that leaks into a float32 computation
 
 
-@pytest.fixture(params=["numpy", "numba"])
-def backend(request):
-    with tm.set_backend(request.param):
-        yield request.param
-
-
 @pytest.fixture
 def debug_nans():
     tm.config.debug_nans = True
