@@ -123,6 +123,19 @@ def test_config_json_of_an_mlp_run_is_as_before():
     assert RunConfig.from_json(d).task_options() == conv.task_options()
 
 
+def test_conv4_hidden_defaults_to_its_filters_and_old_configs_read_as_64(data_zip):
+    """A conv4 run's resolved ``hidden`` is Conv4's one filter count, 64 (not the MLP's
+    widths); a config.json written before that default, with the MLP's widths, still
+    builds 64 filters a block."""
+    cfg = tiny(data_zip, hidden=None).resolved()
+    assert cfg.hidden == (64,)
+    assert OmniglotSetup(cfg).init_params()[0].shape == (3, 3, 1, 64)
+    old = tiny(data_zip).to_json() | {"hidden": [256, 128, 64, 64]}
+    params = OmniglotSetup(RunConfig.from_json(old).resolved()).init_params()
+    assert [p.shape[-1] for p in params[:8:2]] == [64, 64, 64, 64]
+    assert tiny(data_zip, model="mlp", hidden=None).resolved().hidden == (256, 128, 64, 64)
+
+
 def test_train_eval_and_resume_from_the_command_line(data_zip, tmp_path, capsys):
     common = ["train", "--task", "omniglot", "--model", "conv4", "--hidden", "4", "--data",
               data_zip, "--ways", "3", "--shots", "1", "--meta-batch", "2", "--iterations",

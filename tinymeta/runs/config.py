@@ -167,7 +167,7 @@ class RunConfig:
         """A copy with the task's and the algorithm's defaults filled in."""
         setup = task_setup(self.task)
         c = dataclasses.replace(self, options=self.task_options().resolved(self))
-        for name, value in setup.defaults.items():
+        for name, value in {**setup.defaults, **setup.model_defaults(c.options)}.items():
             if getattr(c, name) is None:
                 setattr(c, name, value)
         reptile = c.algo == "reptile"

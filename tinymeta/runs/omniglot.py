@@ -37,6 +37,9 @@ from .setup import TaskOptions, TaskSetup, summarize, to_backend
 #: Algorithms that adapt every parameter in the inner loop (they take no ``adapt=`` mask).
 ADAPT_ALL = ("reptile", "imaml")
 MODELS = ("mlp", "conv4")
+#: Conv4's filters a block (Finn et al.), its ``hidden`` unless --hidden F says otherwise;
+#: config.json of runs before this default shows the MLP's widths there, read as this.
+CONV4_FILTERS = 64
 #: Options added after runs were recorded, left out of config.json at their default (so an
 #: MLP run's config.json is what earlier versions wrote, and those runs still resume).
 NEW_OPTIONS = {"model": "mlp", "anil": False}
@@ -176,6 +179,11 @@ class OmniglotSetup(TaskSetup):
     options = OmniglotOptions
     eval_chunk = 100
 
+    @classmethod
+    def model_defaults(cls, opts: Any) -> dict[str, Any]:
+        """Conv4's ``hidden`` is its one filter count (64), not the MLP's widths."""
+        return {"hidden": (CONV4_FILTERS,)} if opts.model == "conv4" else {}
+
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         self.train_set: Omniglot | None = None
@@ -187,8 +195,9 @@ class OmniglotSetup(TaskSetup):
     def init_params(self) -> list:
         if self.conv:
             hidden = tuple(self.cfg.hidden)
-            return nn.conv4_init(self.opts.ways, hidden=hidden[0] if len(hidden) == 1 else 64,
-                                 seed=self.cfg.seed, dtype=self.dtype)
+            filters = hidden[0] if len(hidden) == 1 else CONV4_FILTERS
+            return nn.conv4_init(self.opts.ways, hidden=filters, seed=self.cfg.seed,
+                                 dtype=self.dtype)
         sizes = (IMAGE_PIXELS,) + tuple(self.cfg.hidden) + (self.opts.ways,)
         return nn.bn_mlp_init(sizes, seed=self.cfg.seed, dtype=self.dtype,
                               init=self.cfg.init, bn=self.opts.bn, scale=self.opts.bn_scale)

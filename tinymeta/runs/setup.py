@@ -71,6 +71,12 @@ class TaskSetup(abc.ABC):
     #: tasks adapted at once in evaluation and validation (None: all)
     eval_chunk: ClassVar[int | None] = None
 
+    @classmethod
+    def model_defaults(cls, opts: Any) -> dict[str, Any]:
+        """Defaults of shared settings that depend on the task's own options ``opts``
+        (filled in before :attr:`defaults`); none unless a task says otherwise."""
+        return {}
+
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         self.opts = cfg.task_options()
